@@ -1,0 +1,146 @@
+"""``params.yaml`` → validated, typed configuration.
+
+The params file is read here and nowhere else.  Every problem is reported as one
+:class:`ConfigError` line naming the key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sparsenet.errors import SparseNetError
+
+DATA_SOURCES = ("fashion-mnist", "folder", "synthetic")
+PRUNE_METHODS = ("magnitude", "random", "structured")
+PRUNE_STRUCTURES = ("filters", "channels")
+
+
+class ConfigError(SparseNetError):
+    """A parameter is missing, has the wrong type or an unsupported value."""
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """Size of the generated dataset used by ``data.source: synthetic``."""
+
+    train_size: int = 600
+    test_size: int = 200
+    classes: int = 4
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = "fashion-mnist"
+    train_dir: str = "data/train"
+    test_dir: str = "data/test"
+    image_size: int = 64
+    fashion_mnist_dir: str = "/usr/share/datasets/fashion-mnist"
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 8
+    batch_size: int = 128
+    lr: float = 1e-3
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    method: str = "magnitude"
+    structure: str = "filters"
+    sparsity: float = 0.9
+    epochs: int = 4
+    lr: float = 5e-4
+
+
+@dataclass(frozen=True)
+class Config:
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+
+
+def load_config(path: str | Path = "params.yaml") -> Config:
+    """Read and validate a params file; missing keys take the defaults documented in the README."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: params file not found (run from the project root)")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}".replace("\n", " ")) from None
+    return config_from_dict(raw or {}, source=str(path))
+
+
+def config_from_dict(raw: Any, source: str = "params") -> Config:
+    """Build a :class:`Config` from plain data, validating every key."""
+    cfg = _build(Config, raw, prefix="", source=source)
+    _check_values(cfg, source)
+    return cfg
+
+
+def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
+    where = prefix.rstrip(".") or "top level"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: {where} must be a mapping, got {raw!r}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        keys = ", ".join(prefix + str(k) for k in unknown)
+        raise ConfigError(f"{source}: unknown key(s) {keys}; allowed under {where}: {', '.join(known)}")
+    values = {}
+    for name, f in known.items():
+        if name not in raw:
+            continue
+        key, value = prefix + name, raw[name]
+        default = f.default_factory() if callable(f.default_factory) else f.default  # type: ignore[misc]
+        if is_dataclass(default):
+            values[name] = _build(type(default), value, key + ".", source)
+        else:
+            values[name] = _coerce(key, value, type(default), source)
+    return cls(**values)
+
+
+def _coerce(key: str, value: Any, kind: type, source: str) -> Any:
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise ConfigError(f"{source}: {key} = {value!r} must be a {kind.__name__}")
+    return value
+
+
+def _check_values(cfg: Config, source: str) -> None:
+    def fail(key: str, value: Any, allowed: str) -> None:
+        raise ConfigError(f"{source}: {key} = {value!r} is not allowed; expected {allowed}")
+
+    def one_of(key: str, value: str, allowed: tuple[str, ...]) -> None:
+        if value not in allowed:
+            fail(key, value, "one of: " + ", ".join(allowed))
+
+    def at_least(key: str, value: float, low: float) -> None:
+        if value < low:
+            fail(key, value, f"a number >= {low}")
+
+    one_of("data.source", cfg.data.source, DATA_SOURCES)
+    one_of("prune.method", cfg.prune.method, PRUNE_METHODS)
+    one_of("prune.structure", cfg.prune.structure, PRUNE_STRUCTURES)
+    if not 0.0 <= cfg.prune.sparsity < 1.0:
+        fail("prune.sparsity", cfg.prune.sparsity, "a fraction in [0, 1)")
+    if cfg.seed < 0:
+        fail("seed", cfg.seed, "an integer >= 0")
+    at_least("data.image_size", cfg.data.image_size, 16)
+    at_least("data.synthetic.train_size", cfg.data.synthetic.train_size, 1)
+    at_least("data.synthetic.test_size", cfg.data.synthetic.test_size, 1)
+    at_least("data.synthetic.classes", cfg.data.synthetic.classes, 2)
+    at_least("train.epochs", cfg.train.epochs, 1)
+    at_least("train.batch_size", cfg.train.batch_size, 1)
+    at_least("prune.epochs", cfg.prune.epochs, 1)
+    for key, lr in (("train.lr", cfg.train.lr), ("prune.lr", cfg.prune.lr)):
+        if not 0.0 < lr < 1.0:
+            fail(key, lr, "a learning rate in (0, 1)")

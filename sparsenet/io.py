@@ -1,0 +1,65 @@
+"""Atomic file writes and checkpoint save/load (always ``weights_only=True``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from sparsenet.errors import SparseNetError
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; it replaces ``path`` only if the block succeeds.
+
+    A crash at any moment leaves either the old file or the new one, never a torn one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_text(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: str | Path) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise SparseNetError(f"{path}: not found (run the stage that writes it first: dvc repro)")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    """Save a plain state dict (tensors and plain Python values) atomically."""
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint`, never unpickling code."""
+    path = Path(path)
+    if not path.is_file():
+        raise SparseNetError(f"{path}: checkpoint not found (run the stage that writes it first: dvc repro)")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt / foreign files
+        raise SparseNetError(f"{path}: not a readable SparseNet checkpoint ({type(exc).__name__}: {exc})") from None

@@ -1,0 +1,277 @@
+"""The five pipeline steps; the stage scripts call these and nothing else.
+
+Each function reads its inputs from the project's standard paths (see :class:`Paths`), does one
+step and writes its outputs atomically.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from dvclive import Live
+
+from sparsenet import analysis, plots
+from sparsenet.config import Config, load_config
+from sparsenet.data import (BatchLoader, Dataset, load_fashion_mnist, load_folder, load_prepared,
+                            make_synthetic, resize_images, save_prepared)
+from sparsenet.errors import SparseNetError
+from sparsenet.io import load_checkpoint, read_json, save_checkpoint, write_json
+from sparsenet.models import LeNet, SparseNet, default_device, feature_side
+from sparsenet.pruning import prune_model, scheduled_sparsity
+from sparsenet.training import evaluate as evaluate_model
+from sparsenet.training import fit, seed_everything
+
+EVAL_BATCH_SIZE = 1000
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where every step reads and writes, relative to the project root."""
+
+    root: Path = Path(".")
+
+    @property
+    def prepared(self) -> Path:
+        return self.root / "data" / "prepared"
+
+    @property
+    def dense_model(self) -> Path:
+        return self.root / "models" / "dense.pt"
+
+    @property
+    def sparse_model(self) -> Path:
+        return self.root / "models" / "sparse.pt"
+
+    @property
+    def dense_log(self) -> Path:
+        return self.root / "logs" / "train_dense"
+
+    @property
+    def prune_log(self) -> Path:
+        return self.root / "logs" / "prune_train"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics" / "evaluate.json"
+
+    @property
+    def plots(self) -> Path:
+        return self.root / "plots"
+
+
+# --------------------------------------------------------------------------- prepare
+
+def prepare(cfg: Config, paths: Paths = Paths()) -> dict:
+    """Read the configured source, bring it to S×S, write ``data/prepared`` and its report."""
+    data_cfg = cfg.data
+    _check_outside_user_folders(paths.prepared, cfg)
+    if data_cfg.source == "fashion-mnist":
+        dataset = load_fashion_mnist(data_cfg.fashion_mnist_dir)
+        dataset.train.images = resize_images(dataset.train.images, data_cfg.image_size)
+        dataset.test.images = resize_images(dataset.test.images, data_cfg.image_size)
+    elif data_cfg.source == "folder":
+        dataset = load_folder(data_cfg.train_dir, data_cfg.test_dir, data_cfg.image_size)
+    else:
+        syn = data_cfg.synthetic
+        dataset = make_synthetic(syn.train_size, syn.test_size, syn.classes, data_cfg.image_size, cfg.seed)
+    report = {
+        "source": data_cfg.source,
+        "classes": dataset.classes,
+        "train_images": len(dataset.train),
+        "test_images": len(dataset.test),
+        "image_shape": [3, data_cfg.image_size, data_cfg.image_size],
+        "skipped_count": len(dataset.skipped),
+        "skipped": dataset.skipped,
+    }
+    save_prepared(dataset, paths.prepared, report)
+    print(f"prepared {len(dataset.train)} train / {len(dataset.test)} test images, "
+          f"{len(dataset.classes)} classes, {data_cfg.image_size}x{data_cfg.image_size}x3 -> {paths.prepared}")
+    if dataset.skipped:
+        print(f"skipped {len(dataset.skipped)} unreadable file(s), listed in {paths.prepared / 'report.json'}:")
+        for item in dataset.skipped[:10]:
+            print(f"  {item['path']}: {item['reason']}")
+    return report
+
+
+def _check_outside_user_folders(prepared: Path, cfg: Config) -> None:
+    """The prepared output must never sit inside (or contain) a user's image folder."""
+    if cfg.data.source != "folder":
+        return
+    out = prepared.resolve()
+    for key, folder in (("data.train_dir", cfg.data.train_dir), ("data.test_dir", cfg.data.test_dir)):
+        user = Path(folder).resolve()
+        if out == user or user in out.parents or out in user.parents:
+            raise SparseNetError(f"{key} = '{folder}' overlaps the prepared output {prepared}; "
+                                 "keep your images in their own folder (e.g. data/train)")
+
+
+# --------------------------------------------------------------------------- training
+
+def _loaders(dataset: Dataset, meta: dict, batch_size: int, seed: int,
+             device: torch.device) -> tuple[BatchLoader, BatchLoader]:
+    train = BatchLoader(dataset.train, batch_size, meta["mean"], meta["std"], device, shuffle=True, seed=seed)
+    test = BatchLoader(dataset.test, EVAL_BATCH_SIZE, meta["mean"], meta["std"], device)
+    return train, test
+
+
+def _live_logger(live: Live) -> Callable[[dict], None]:
+    def log(record: dict) -> None:
+        for key, value in record.items():
+            if key != "epoch":
+                live.log_metric(key.replace("_", "/", 1) if key.startswith(("train_", "test_")) else key, value)
+        live.next_step()
+    return log
+
+
+def _new_live(directory: Path) -> Live:
+    # No dvc.yaml edits or experiment commits from inside a stage: dvc.yaml declares everything.
+    return Live(str(directory), dvcyaml=False, save_dvc_exp=False, report=None)
+
+
+def train_dense(cfg: Config, paths: Paths = Paths()) -> list[dict]:
+    """Train LeNet with Adam + CrossEntropyLoss; write ``models/dense.pt`` and per-epoch logs."""
+    seed_everything(cfg.seed)
+    device = default_device()
+    dataset, meta = load_prepared(paths.prepared)
+    model = LeNet(len(dataset.classes), dataset.image_size).to(device, memory_format=torch.channels_last)
+    train, test = _loaders(dataset, meta, cfg.train.batch_size, cfg.seed, device)
+    with _new_live(paths.dense_log) as live:
+        history = fit(model, train, test, cfg.train.epochs, cfg.train.lr, desc="train_dense",
+                      log=_live_logger(live))
+    save_checkpoint(paths.dense_model, _plain_state(model))
+    return history
+
+
+def prune_train(cfg: Config, paths: Paths = Paths()) -> list[dict]:
+    """SparseNet from the dense weights; train, then prune on schedule, after every epoch.
+
+    Each round's record adds ``sparsity`` (after pruning) and the test loss / accuracy measured
+    right after pruning, beside the test accuracy after the round's training.
+    """
+    seed_everything(cfg.seed)
+    device = default_device()
+    dataset, meta = load_prepared(paths.prepared)
+    dense = load_model(paths.dense_model, sparse=False, image_size=dataset.image_size,
+                       num_classes=len(dataset.classes))
+    net = SparseNet.from_dense(dense).to(device, memory_format=torch.channels_last)
+    train, test = _loaders(dataset, meta, cfg.train.batch_size, cfg.seed, device)
+    p = cfg.prune
+
+    def prune_after_epoch(epoch: int, record: dict) -> None:
+        target = scheduled_sparsity(p.sparsity, epoch, p.epochs)
+        prune_model(net, p.method, target, p.structure, seed=cfg.seed, round_index=epoch)
+        loss, accuracy = evaluate_model(net, test)
+        record.update({"target_sparsity": target,
+                       "sparsity": analysis.overall_sparsity(analysis.layer_sparsity(net)),
+                       "test_loss_after_prune": loss, "test_accuracy_after_prune": accuracy})
+
+    with _new_live(paths.prune_log) as live:
+        history = fit(net, train, test, p.epochs, p.lr, desc=f"prune_train ({p.method})",
+                      after_epoch=prune_after_epoch, log=_live_logger(live))
+    save_checkpoint(paths.sparse_model, _plain_state(net))
+    return history
+
+
+def _plain_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """CPU, contiguous state dict: loadable anywhere with ``weights_only=True``."""
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+
+
+def load_model(path: Path, sparse: bool, image_size: int, num_classes: int) -> LeNet:
+    """Rebuild LeNet / SparseNet from a checkpoint, checking it fits the prepared data."""
+    state = load_checkpoint(path)
+    try:
+        widths = tuple(int(state[f"{name}.weight"].shape[0]) for name in ("conv1", "conv2", "fc1", "fc2"))
+        classes, flat = int(state["fc3.weight"].shape[0]), int(state["fc1.weight"].shape[1])
+    except (KeyError, AttributeError, IndexError):
+        raise SparseNetError(f"{path}: not a LeNet checkpoint (keys: {', '.join(list(state)[:6])}, ...)") from None
+    expected_flat = widths[1] * feature_side(image_size) ** 2
+    if classes != num_classes or flat != expected_flat:
+        raise SparseNetError(
+            f"{path}: checkpoint is for {classes} classes / flatten {flat}, but the prepared data has "
+            f"{num_classes} classes at {image_size}x{image_size} (flatten {expected_flat}); re-run dvc repro")
+    model = (SparseNet if sparse else LeNet)(num_classes, image_size, 3, widths)
+    if sparse and "conv1.mask" not in state:
+        raise SparseNetError(f"{path}: holds a dense LeNet, expected a SparseNet with masks")
+    if sparse:
+        model.load_state_dict(state)
+    else:
+        model.load_state_dict({k: v for k, v in state.items() if not k.endswith("mask")})
+    return model.to(default_device(), memory_format=torch.channels_last)
+
+
+# --------------------------------------------------------------------------- evaluate / visualize
+
+def evaluate(cfg: Config, paths: Paths = Paths()) -> dict:
+    """Test accuracy of both models, the ``interpret_sparsity`` printout, ``metrics/evaluate.json``."""
+    dataset, meta = load_prepared(paths.prepared)
+    _, test = _loaders(dataset, meta, EVAL_BATCH_SIZE, cfg.seed, default_device())
+    size, classes = dataset.image_size, len(dataset.classes)
+    dense = load_model(paths.dense_model, sparse=False, image_size=size, num_classes=classes)
+    sparse = load_model(paths.sparse_model, sparse=True, image_size=size, num_classes=classes)
+    dense_loss, dense_acc = evaluate_model(dense, test)
+    sparse_loss, sparse_acc = evaluate_model(sparse, test)
+    layers = analysis.layer_sparsity(sparse)
+    analysis.interpret_sparsity(sparse)
+    metrics = {
+        "dense": {"accuracy": dense_acc, "loss": dense_loss},
+        "sparse": {
+            "accuracy": sparse_acc,
+            "loss": sparse_loss,
+            "sparsity": analysis.overall_sparsity(layers),
+            "accuracy_drop": dense_acc - sparse_acc,
+            "layers": {layer.name: {"sparsity": layer.sparsity, "zeros": layer.zeros, "total": layer.total}
+                       for layer in layers},
+        },
+    }
+    write_json(paths.metrics, metrics)
+    print(f"dense accuracy {dense_acc:.4f} | sparse accuracy {sparse_acc:.4f} "
+          f"at sparsity {metrics['sparse']['sparsity']:.4f} -> {paths.metrics}")
+    return metrics
+
+
+def visualize(cfg: Config, paths: Paths = Paths()) -> list[Path]:
+    """Draw every figure under ``plots/`` from what the earlier steps wrote."""
+    _, meta = load_prepared(paths.prepared)
+    size, classes = meta["image_size"], len(meta["classes"])
+    dense = load_model(paths.dense_model, sparse=False, image_size=size, num_classes=classes)
+    sparse = load_model(paths.sparse_model, sparse=True, image_size=size, num_classes=classes)
+    dense_history = plots.read_live_history(paths.dense_log)
+    prune_history = plots.read_live_history(paths.prune_log)
+    metrics = read_json(paths.metrics)
+    title = f"{cfg.prune.method}" + (f" ({cfg.prune.structure})" if cfg.prune.method == "structured" else "")
+    out = paths.plots
+    written = [
+        plots.loss_curves(dense_history, prune_history, out / "loss_curves.png", title),
+        plots.accuracy_per_round(prune_history, metrics["dense"]["accuracy"], out / "accuracy_per_round.png", title),
+        plots.sparsity_heatmaps(sparse, out / "sparsity_heatmaps.png", title),
+        plots.zero_weights(analysis.layer_sparsity(sparse), out / "zero_weights.png", title),
+        plots.conv1_filters(dense, sparse, out / "conv1_filters.png", title),
+    ]
+    for path in written:
+        print(f"wrote {path}")
+    return written
+
+
+# --------------------------------------------------------------------------- entry point
+
+STEPS: dict[str, Callable[[Config, Paths], object]] = {
+    "prepare": prepare,
+    "train_dense": train_dense,
+    "prune_train": prune_train,
+    "evaluate": evaluate,
+    "visualize": visualize,
+}
+
+
+def run_stage(name: str, params: str = "params.yaml") -> None:
+    """Load params, run one step; a user-facing problem ends as one error line and exit code 2."""
+    try:
+        STEPS[name](load_config(params), Paths())
+    except SparseNetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -1,0 +1,109 @@
+"""Pruning: scores → masks, one interface for every method.
+
+- ``magnitude``: zero the weights with the smallest |w| (like ``prune.l1_unstructured``);
+- ``random``: zero weights chosen at random (seeded);
+- ``structured``: zero whole filters / output units (``structure="filters"``, with their bias) or
+  whole input channels / input features (``structure="channels"``) by L2 norm
+  (like ``prune.ln_structured(n=2)``).
+
+Masks only ever lose entries: already-pruned weights are ranked first, so a later round keeps them
+pruned.  The class outputs are never removed: ``filters`` skips the classifier, unstructured
+methods keep each class's largest weight, and ``channels`` skips the first layer, whose inputs are
+the image's colour channels.  At least one filter / channel survives in every pruned layer.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from sparsenet.models import SparseConv2d, SparseLinear, sparse_layers
+from torch import nn
+
+METHODS = ("magnitude", "random", "structured")
+STRUCTURES = ("filters", "channels")
+_FIRST = float("-inf")  # score of an already-pruned entry: pruned again before anything else
+_NEVER = float("inf")   # score of a protected entry
+
+
+def scheduled_sparsity(target: float, round_index: int, rounds: int) -> float:
+    """Linear schedule: the sparsity after pruning round ``round_index`` (1-based) of ``rounds``."""
+    if not 1 <= round_index <= rounds:
+        raise ValueError(f"round {round_index} is outside 1..{rounds}")
+    return target * round_index / rounds
+
+
+def unstructured_mask(scores: torch.Tensor, mask: torch.Tensor, amount: float,
+                      protect: torch.Tensor | None = None) -> torch.Tensor:
+    """Mask that zeros the ``round(amount · numel)`` lowest-scoring entries (old zeros first)."""
+    scores = scores.detach().float().masked_fill(~mask, _FIRST)
+    if protect is not None:
+        scores = scores.masked_fill(protect, _NEVER)
+    count = min(round(amount * scores.numel()), scores.numel() - (0 if protect is None else int(protect.sum())))
+    new = torch.ones_like(mask)
+    if count > 0:
+        drop = torch.topk(scores.flatten(), count, largest=False).indices
+        new.view(-1)[drop] = False
+    return new & mask
+
+
+def structured_mask(weight: torch.Tensor, mask: torch.Tensor, amount: float, dim: int) -> torch.Tensor:
+    """Mask that zeros the ``round(amount · n)`` slices along ``dim`` with the smallest L2 norm.
+
+    One slice always survives.  Slices already fully pruned are ranked first.
+    """
+    moved = (weight.detach() * mask).transpose(0, dim).flatten(1)
+    norms = moved.norm(p=2, dim=1)
+    alive = mask.transpose(0, dim).flatten(1).any(dim=1)
+    norms = norms.masked_fill(~alive, _FIRST)
+    count = min(round(amount * norms.numel()), norms.numel() - 1)
+    keep = torch.ones_like(norms, dtype=torch.bool)
+    if count > 0:
+        keep[torch.topk(norms, count, largest=False).indices] = False
+    shape = [1] * weight.dim()
+    shape[dim] = -1
+    return mask & keep.view(shape).expand_as(mask)
+
+
+def prune_layer(layer: SparseConv2d | SparseLinear, method: str, amount: float, structure: str = "filters",
+                generator: torch.Generator | None = None, protect_outputs: bool = False) -> None:
+    """Prune one sparse layer in place to ``amount`` (see the module doc for the meaning)."""
+    if method == "structured":
+        dim = 0 if structure == "filters" else 1
+        mask = structured_mask(layer.weight, layer.mask, amount, dim)
+        bias_mask = mask.flatten(1).any(dim=1) if structure == "filters" else None
+        layer.set_mask(mask, bias_mask)
+        return
+    if method == "magnitude":
+        scores = layer.weight.detach().abs()
+    elif method == "random":
+        scores = torch.rand(layer.weight.shape, generator=generator).to(layer.weight.device)
+    else:
+        raise ValueError(f"unknown pruning method {method!r}; expected one of: {', '.join(METHODS)}")
+    protect = None
+    if protect_outputs:  # keep each output unit's strongest weight so no class is cut off
+        rows = scores.masked_fill(~layer.mask, _FIRST).flatten(1)
+        protect = torch.zeros_like(rows, dtype=torch.bool)
+        protect[torch.arange(rows.shape[0]), rows.argmax(dim=1)] = True
+        protect = protect.view_as(layer.mask) & layer.mask
+    layer.set_mask(unstructured_mask(scores, layer.mask, amount, protect))
+
+
+@torch.no_grad()
+def prune_model(model: nn.Module, method: str, amount: float, structure: str = "filters",
+                seed: int = 0, round_index: int = 0) -> dict[str, float]:
+    """Prune every sparse layer of ``model`` to ``amount``; returns each layer's weight sparsity.
+
+    ``seed`` and ``round_index`` make random pruning reproducible and different per round.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown pruning method {method!r}; expected one of: {', '.join(METHODS)}")
+    if structure not in STRUCTURES:
+        raise ValueError(f"unknown structure {structure!r}; expected one of: {', '.join(STRUCTURES)}")
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + round_index)
+    layers = list(sparse_layers(model))
+    for position, (_, layer) in enumerate(layers):
+        is_first, is_last = position == 0, position == len(layers) - 1
+        if method == "structured" and ((structure == "filters" and is_last) or (structure == "channels" and is_first)):
+            continue
+        prune_layer(layer, method, amount, structure, generator, protect_outputs=is_last)
+    return {name: 1.0 - layer.mask.float().mean().item() for name, layer in layers}

@@ -1,0 +1,6 @@
+"""DVC stage `visualize`: see sparsenet.pipeline.visualize."""
+
+from sparsenet.pipeline import run_stage
+
+if __name__ == "__main__":
+    run_stage("visualize")

@@ -17,6 +17,7 @@ from sparsenet.errors import SparseNetError
 DATA_SOURCES = ("fashion-mnist", "folder", "synthetic")
 PRUNE_METHODS = ("magnitude", "random", "structured")
 PRUNE_STRUCTURES = ("filters", "channels")
+PRUNE_SCOPES = ("layer", "global")
 
 
 class ConfigError(SparseNetError):
@@ -44,7 +45,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 8
+    epochs: int = 5
     batch_size: int = 128
     lr: float = 1e-3
 
@@ -53,8 +54,10 @@ class TrainConfig:
 class PruneConfig:
     method: str = "magnitude"
     structure: str = "filters"
+    scope: str = "global"
     sparsity: float = 0.9
-    epochs: int = 4
+    epochs: int = 3
+    finetune_epochs: int = 1
     lr: float = 5e-4
 
 
@@ -130,6 +133,7 @@ def _check_values(cfg: Config, source: str) -> None:
     one_of("data.source", cfg.data.source, DATA_SOURCES)
     one_of("prune.method", cfg.prune.method, PRUNE_METHODS)
     one_of("prune.structure", cfg.prune.structure, PRUNE_STRUCTURES)
+    one_of("prune.scope", cfg.prune.scope, PRUNE_SCOPES)
     if not 0.0 <= cfg.prune.sparsity < 1.0:
         fail("prune.sparsity", cfg.prune.sparsity, "a fraction in [0, 1)")
     if cfg.seed < 0:
@@ -141,6 +145,7 @@ def _check_values(cfg: Config, source: str) -> None:
     at_least("train.epochs", cfg.train.epochs, 1)
     at_least("train.batch_size", cfg.train.batch_size, 1)
     at_least("prune.epochs", cfg.prune.epochs, 1)
+    at_least("prune.finetune_epochs", cfg.prune.finetune_epochs, 0)
     for key, lr in (("train.lr", cfg.train.lr), ("prune.lr", cfg.prune.lr)):
         if not 0.0 < lr < 1.0:
             fail(key, lr, "a learning rate in (0, 1)")

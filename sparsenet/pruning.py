@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import torch
 
-from sparsenet.models import SparseConv2d, SparseLinear, sparse_layers
 from torch import nn
+
+from sparsenet.models import SparseConv2d, SparseLinear, sparse_layers
 
 METHODS = ("magnitude", "random", "structured")
 STRUCTURES = ("filters", "channels")
+SCOPES = ("layer", "global")
 _FIRST = float("-inf")  # score of an already-pruned entry: pruned again before anything else
 _NEVER = float("inf")   # score of a protected entry
 
@@ -39,11 +41,10 @@ def unstructured_mask(scores: torch.Tensor, mask: torch.Tensor, amount: float,
     if protect is not None:
         scores = scores.masked_fill(protect, _NEVER)
     count = min(round(amount * scores.numel()), scores.numel() - (0 if protect is None else int(protect.sum())))
-    new = torch.ones_like(mask)
+    keep = torch.ones(mask.numel(), dtype=torch.bool, device=mask.device)
     if count > 0:
-        drop = torch.topk(scores.flatten(), count, largest=False).indices
-        new.view(-1)[drop] = False
-    return new & mask
+        keep[torch.topk(scores.flatten(), count, largest=False).indices] = False
+    return keep.view(mask.shape) & mask
 
 
 def structured_mask(weight: torch.Tensor, mask: torch.Tensor, amount: float, dim: int) -> torch.Tensor:
@@ -64,6 +65,24 @@ def structured_mask(weight: torch.Tensor, mask: torch.Tensor, amount: float, dim
     return mask & keep.view(shape).expand_as(mask)
 
 
+def weight_scores(layer: SparseConv2d | SparseLinear, method: str,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """Importance of each weight for an unstructured method: lowest is pruned first."""
+    if method == "magnitude":
+        return layer.weight.detach().abs()
+    if method == "random":
+        return torch.rand(layer.weight.shape, generator=generator).to(layer.weight.device)
+    raise ValueError(f"unknown unstructured method {method!r}; expected magnitude or random")
+
+
+def strongest_per_output(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The highest-scoring surviving weight of each output unit, so no output is cut off."""
+    rows = scores.masked_fill(~mask, _FIRST).flatten(1)
+    protect = torch.zeros_like(rows, dtype=torch.bool)
+    protect[torch.arange(rows.shape[0]), rows.argmax(dim=1)] = True
+    return protect.view(mask.shape) & mask
+
+
 def prune_layer(layer: SparseConv2d | SparseLinear, method: str, amount: float, structure: str = "filters",
                 generator: torch.Generator | None = None, protect_outputs: bool = False) -> None:
     """Prune one sparse layer in place to ``amount`` (see the module doc for the meaning)."""
@@ -73,37 +92,48 @@ def prune_layer(layer: SparseConv2d | SparseLinear, method: str, amount: float, 
         bias_mask = mask.flatten(1).any(dim=1) if structure == "filters" else None
         layer.set_mask(mask, bias_mask)
         return
-    if method == "magnitude":
-        scores = layer.weight.detach().abs()
-    elif method == "random":
-        scores = torch.rand(layer.weight.shape, generator=generator).to(layer.weight.device)
-    else:
-        raise ValueError(f"unknown pruning method {method!r}; expected one of: {', '.join(METHODS)}")
-    protect = None
-    if protect_outputs:  # keep each output unit's strongest weight so no class is cut off
-        rows = scores.masked_fill(~layer.mask, _FIRST).flatten(1)
-        protect = torch.zeros_like(rows, dtype=torch.bool)
-        protect[torch.arange(rows.shape[0]), rows.argmax(dim=1)] = True
-        protect = protect.view_as(layer.mask) & layer.mask
+    scores = weight_scores(layer, method, generator)
+    protect = strongest_per_output(scores, layer.mask) if protect_outputs else None
     layer.set_mask(unstructured_mask(scores, layer.mask, amount, protect))
 
 
-@torch.no_grad()
-def prune_model(model: nn.Module, method: str, amount: float, structure: str = "filters",
-                seed: int = 0, round_index: int = 0) -> dict[str, float]:
-    """Prune every sparse layer of ``model`` to ``amount``; returns each layer's weight sparsity.
+def prune_globally(layers: list[SparseConv2d | SparseLinear], method: str, amount: float,
+                   generator: torch.Generator | None = None) -> None:
+    """One ranking across all ``layers`` (like ``prune.global_unstructured``); the last is the classifier."""
+    scores = [weight_scores(layer, method, generator) for layer in layers]
+    masks = [layer.mask for layer in layers]
+    protect = [torch.zeros_like(m) for m in masks[:-1]] + [strongest_per_output(scores[-1], masks[-1])]
+    flat = unstructured_mask(torch.cat([s.flatten() for s in scores]), torch.cat([m.flatten() for m in masks]),
+                             amount, torch.cat([p.flatten() for p in protect]))
+    for layer, part in zip(layers, torch.split(flat, [m.numel() for m in masks])):
+        layer.set_mask(part.view(layer.mask.shape))
 
-    ``seed`` and ``round_index`` make random pruning reproducible and different per round.
+
+@torch.no_grad()
+def prune_model(model: nn.Module, method: str, amount: float, structure: str = "filters", scope: str = "layer",
+                seed: int = 0, round_index: int = 0) -> dict[str, float]:
+    """Prune the sparse layers of ``model`` to ``amount``; returns each layer's weight sparsity.
+
+    ``scope="layer"`` gives every layer the same sparsity; ``"global"`` ranks all weights
+    together (magnitude / random only: filter norms of different layers are not comparable, so
+    structured pruning is always per layer).  ``seed`` and ``round_index`` make random pruning
+    reproducible and different per round.
     """
     if method not in METHODS:
         raise ValueError(f"unknown pruning method {method!r}; expected one of: {', '.join(METHODS)}")
     if structure not in STRUCTURES:
         raise ValueError(f"unknown structure {structure!r}; expected one of: {', '.join(STRUCTURES)}")
+    if scope not in SCOPES:
+        raise ValueError(f"unknown scope {scope!r}; expected one of: {', '.join(SCOPES)}")
     generator = torch.Generator().manual_seed(seed * 1_000_003 + round_index)
-    layers = list(sparse_layers(model))
-    for position, (_, layer) in enumerate(layers):
-        is_first, is_last = position == 0, position == len(layers) - 1
-        if method == "structured" and ((structure == "filters" and is_last) or (structure == "channels" and is_first)):
-            continue
-        prune_layer(layer, method, amount, structure, generator, protect_outputs=is_last)
-    return {name: 1.0 - layer.mask.float().mean().item() for name, layer in layers}
+    named = list(sparse_layers(model))
+    layers = [layer for _, layer in named]
+    if scope == "global" and method != "structured":
+        prune_globally(layers, method, amount, generator)
+    else:
+        for position, layer in enumerate(layers):
+            is_first, is_last = position == 0, position == len(layers) - 1
+            if method == "structured" and (is_last if structure == "filters" else is_first):
+                continue
+            prune_layer(layer, method, amount, structure, generator, protect_outputs=is_last)
+    return {name: 1.0 - layer.mask.float().mean().item() for name, layer in named}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import time
 from typing import Callable
 
 import numpy as np
@@ -71,6 +72,7 @@ def fit(model: nn.Module, train: BatchLoader, test: BatchLoader, epochs: int, lr
     loss_fn = nn.CrossEntropyLoss()
     history = []
     for epoch in tqdm(range(1, epochs + 1), desc=desc, unit="epoch", disable=None):
+        started = time.perf_counter()
         train_loss, train_acc = train_epoch(model, train, optimizer, loss_fn, f"{desc} epoch {epoch}")
         test_loss, test_acc = evaluate(model, test)
         record = {"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc,
@@ -80,6 +82,6 @@ def fit(model: nn.Module, train: BatchLoader, test: BatchLoader, epochs: int, lr
         history.append(record)
         if log is not None:
             log(record)
-        tqdm.write(f"{desc} epoch {epoch}/{epochs}: " + ", ".join(
+        tqdm.write(f"{desc} epoch {epoch}/{epochs} ({time.perf_counter() - started:.1f}s): " + ", ".join(
             f"{k} {v:.4f}" for k, v in record.items() if k != "epoch"))
     return history

@@ -1,0 +1,42 @@
+import pytest
+
+from sparsenet.config import ConfigError, config_from_dict, load_config
+
+
+def test_the_shipped_params_file_is_valid():
+    cfg = load_config("params.yaml")
+    assert cfg.data.source == "fashion-mnist"
+    assert cfg.prune.method in ("magnitude", "random", "structured")
+
+
+def test_missing_keys_take_defaults():
+    cfg = config_from_dict({"prune": {"method": "random"}})
+    assert cfg.prune.method == "random" and cfg.train.batch_size == 128
+
+
+@pytest.mark.parametrize("raw,words", [
+    ({"prune": {"method": "lottery"}}, ["prune.method", "'lottery'", "magnitude, random, structured"]),
+    ({"prune": {"sparsity": 1.0}}, ["prune.sparsity", "1.0", "[0, 1)"]),
+    ({"prune": {"sparsity": -0.1}}, ["prune.sparsity", "[0, 1)"]),
+    ({"prune": {"structure": "rows"}}, ["prune.structure", "filters, channels"]),
+    ({"data": {"source": "imagenet"}}, ["data.source", "fashion-mnist, folder, synthetic"]),
+    ({"train": {"epochs": "ten"}}, ["train.epochs", "'ten'", "int"]),
+    ({"train": {"epochs": 0}}, ["train.epochs", ">= 1"]),
+    ({"train": {"lr": 3}}, ["train.lr", "(0, 1)"]),
+    ({"prune": {"methd": "random"}}, ["prune.methd", "unknown", "method"]),
+    ({"prune": 5}, ["prune", "mapping"]),
+])
+def test_bad_values_give_one_line_naming_key_value_and_allowed(raw, words):
+    with pytest.raises(ConfigError) as err:
+        config_from_dict(raw)
+    message = str(err.value)
+    assert "\n" not in message
+    for word in words:
+        assert word in message
+
+
+def test_unparsable_yaml_names_the_file(tmp_path):
+    bad = tmp_path / "params.yaml"
+    bad.write_text("prune: [unclosed\n")
+    with pytest.raises(ConfigError, match="params.yaml: not valid YAML"):
+        load_config(bad)

@@ -1,0 +1,84 @@
+import torch
+
+from sparsenet.data import Split, BatchLoader
+from sparsenet.io import load_checkpoint, save_checkpoint
+from sparsenet.models import LeNet, SparseConv2d, SparseLinear, SparseNet, feature_side
+from sparsenet.pruning import prune_model
+from sparsenet.training import fit
+
+
+def test_lenet_shapes_follow_the_input_size():
+    assert feature_side(64) == 13
+    net = LeNet(num_classes=10, image_size=64)
+    assert net.fc1.in_features == 16 * 13 * 13
+    assert net(torch.randn(2, 3, 64, 64)).shape == (2, 10)
+    small = LeNet(num_classes=4, image_size=32)
+    assert small.fc1.in_features == 16 * 5 * 5
+
+
+def test_sparsenet_is_built_from_sparse_layers_and_loads_dense_weights(dense, sparse):
+    assert isinstance(sparse.conv1, SparseConv2d) and isinstance(sparse.fc3, SparseLinear)
+    x = torch.randn(4, 3, 32, 32)
+    assert torch.equal(dense(x), sparse(x))
+    assert torch.equal(sparse.fc1.weight, dense.fc1.weight)
+
+
+def test_forward_uses_the_masked_weight(sparse):
+    layer = sparse.fc3
+    mask = torch.rand_like(layer.weight) > 0.5
+    layer.set_mask(mask)
+    x = torch.randn(3, layer.in_features)
+    with torch.no_grad():
+        layer.weight.add_(1.0)  # corrupt the stored weight: the forward must still mask it
+    expected = torch.nn.functional.linear(x, layer.weight * mask, layer.bias)
+    assert torch.allclose(layer(x), expected)
+
+
+def test_masked_weights_stay_exactly_zero_after_optimizer_steps(sparse):
+    prune_model(sparse, "magnitude", 0.7)
+    zero_before = {name: (p == 0) for name, p in sparse.named_parameters() if name.endswith("weight")}
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 255, (64, 3, 32, 32), dtype=torch.uint8, generator=generator)
+    split = Split(images, torch.randint(0, 10, (64,), generator=generator))
+    loader = BatchLoader(split, 16, 0.5, 0.25, torch.device("cpu"), shuffle=True)
+    before = {k: v.clone() for k, v in sparse.state_dict().items()}
+    fit(sparse, loader, loader, epochs=2, lr=0.05)  # large lr: Adam would move anything unmasked
+    for name, param in sparse.named_parameters():
+        if name.endswith("weight"):
+            mask = getattr(sparse, name.split(".")[0]).mask
+            assert torch.equal(zero_before[name], ~mask)
+            assert (param[~mask] == 0).all(), name
+            assert not torch.equal(param[mask], before[name][mask]), f"{name} did not train"
+
+
+def test_pruned_weights_stay_zero_even_with_adam_momentum_from_before_pruning(sparse):
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    optimizer = torch.optim.Adam(sparse.parameters(), lr=0.1)
+    from sparsenet.models import enforce_masks_after_steps
+
+    enforce_masks_after_steps(optimizer, sparse)
+    for _ in range(3):  # build up momentum on every weight
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(sparse(x), y).backward()
+        optimizer.step()
+    prune_model(sparse, "random", 0.5, seed=1)
+    for _ in range(3):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(sparse(x), y).backward()
+        optimizer.step()
+    for _, layer in sparse.sparse_layers():
+        assert (layer.weight[~layer.mask] == 0).all()
+
+
+def test_checkpoint_is_a_plain_state_dict_with_named_masks(tmp_path, sparse):
+    prune_model(sparse, "structured", 0.5, "filters")
+    path = tmp_path / "sparse.pt"
+    save_checkpoint(path, sparse.state_dict())
+    state = torch.load(path, weights_only=True)
+    for layer in ("conv1", "conv2", "fc1", "fc2", "fc3"):
+        assert state[f"{layer}.mask"].dtype == torch.bool
+        assert f"{layer}.bias_mask" in state
+    again = SparseNet(10, 32)
+    again.load_state_dict(load_checkpoint(path))
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(again(x), sparse(x))

@@ -1,0 +1,151 @@
+"""The real pipeline: `dvc repro`, `dvc exp run`, `dvc metrics diff` in a temporary git repo."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+PROJECT_FILES = ["dvc.yaml", "params.yaml", "stages", "sparsenet", ".dvc/config", ".dvcignore",
+                 "data/train/.gitkeep", "data/test/.gitkeep"]
+OVERRIDES = {
+    "seed": 0,
+    "data": {"source": "synthetic", "image_size": 32,
+             "synthetic": {"train_size": 256, "test_size": 96, "classes": 4}},
+    "train": {"epochs": 2, "batch_size": 32, "lr": 0.002},
+    "prune": {"method": "magnitude", "structure": "filters", "scope": "layer", "sparsity": 0.8, "epochs": 2,
+              "finetune_epochs": 1, "lr": 0.001},
+}
+
+
+def merged(base: dict, overrides: dict) -> dict:
+    out = dict(base)
+    for key, value in overrides.items():
+        out[key] = merged(base.get(key, {}), value) if isinstance(value, dict) else value
+    return out
+
+
+SMALL = merged(yaml.safe_load((REPO / "params.yaml").read_text()), OVERRIDES)
+PLOTS = ["loss_curves.png", "accuracy_per_round.png", "sparsity_heatmaps.png", "zero_weights.png",
+         "conv1_filters.png"]
+
+
+def run(args: list[str], cwd: Path, env: dict, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def make_project(root: Path, params: dict) -> dict:
+    """Copy the project into ``root``, commit it to a fresh git repo; return the env to run in."""
+    for name in PROJECT_FILES:
+        src, dst = REPO / name, root / name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, dst)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = dict(os.environ)
+    env.update({
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+        "PYTHONPATH": str(root),  # stages import the copied package
+        "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.com",
+        "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.com",
+        "DVC_NO_ANALYTICS": "1",
+    })
+    run(["git", "init", "-q"], root, env)
+    run(["git", "add", "-A"], root, env)
+    run(["git", "commit", "-qm", "project"], root, env)
+    return env
+
+
+def dvc(*args: str) -> list[str]:
+    return [sys.executable, "-m", "dvc", *args]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = tmp_path_factory.mktemp("project")
+    env = make_project(root, SMALL)
+    repro = run(dvc("repro"), root, env)
+    run(["git", "add", "-A"], root, env)
+    run(["git", "commit", "-qm", "baseline run"], root, env)
+    return root, env, repro
+
+
+def test_repro_runs_every_stage_and_writes_metrics(project):
+    root, _, repro = project
+    for stage in ("prepare", "train_dense", "prune_train", "evaluate", "visualize"):
+        assert f"Running stage '{stage}'" in repro.stdout
+    metrics = json.loads((root / "metrics" / "evaluate.json").read_text())
+    assert 0.25 < metrics["dense"]["accuracy"] <= 1.0
+    assert 0.0 <= metrics["sparse"]["accuracy"] <= 1.0
+    assert set(metrics["sparse"]["layers"]) == {"conv1", "conv2", "fc1", "fc2", "fc3"}
+    for name, layer in metrics["sparse"]["layers"].items():
+        assert layer["sparsity"] == pytest.approx(0.8, abs=0.01), name
+    assert metrics["sparse"]["sparsity"] == pytest.approx(0.8, abs=0.01)
+    assert "fc1 (sparsity = 0.80): 38400 weights are zero out of 48000" in repro.stdout
+
+
+def test_repro_writes_checkpoints_logs_and_plots(project):
+    root, _, _ = project
+    sparse = torch.load(root / "models" / "sparse.pt", weights_only=True)
+    dense = torch.load(root / "models" / "dense.pt", weights_only=True)
+    assert "fc1.mask" in sparse and "conv1.bias_mask" in sparse and "fc1.mask" not in dense
+    assert (sparse["fc1.weight"][~sparse["fc1.mask"]] == 0).all()
+    for name in PLOTS:
+        png = root / "plots" / name
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000, name
+    rounds = (root / "logs" / "prune_train" / "plots" / "metrics" / "test" / "accuracy_after_prune.tsv")
+    assert len(rounds.read_text().splitlines()) == 1 + SMALL["prune"]["epochs"]
+    report = json.loads((root / "data" / "prepared" / "report.json").read_text())
+    assert report["train_images"] == 256 and report["skipped_count"] == 0
+
+
+def test_repro_again_is_a_no_op(project):
+    root, env, _ = project
+    again = run(dvc("repro"), root, env)
+    assert "Running stage" not in again.stdout
+
+
+def test_exp_run_reruns_only_the_stages_that_read_prune_params(project):
+    root, env, _ = project
+    exp = run(dvc("exp", "run", "-S", "prune.method=random"), root, env)
+    assert "Running stage 'prepare'" not in exp.stdout
+    assert "Running stage 'train_dense'" not in exp.stdout
+    for stage in ("prune_train", "evaluate", "visualize"):
+        assert f"Running stage '{stage}'" in exp.stdout
+    diff = json.loads(run(dvc("metrics", "diff", "--all", "--json"), root, env).stdout)
+    sparse_accuracy = diff["metrics/evaluate.json"]["sparse.accuracy"]
+    assert {"old", "new"} <= set(sparse_accuracy)
+    assert sparse_accuracy["new"] == json.loads((root / "metrics" / "evaluate.json").read_text())["sparse"]["accuracy"]
+    shown = run(dvc("plots", "show", "--json"), root, env).stdout
+    for name in PLOTS:
+        assert f"plots/{name}" in shown
+
+
+def test_bad_param_stops_a_stage_with_one_line(tmp_path):
+    env = make_project(tmp_path, merged(SMALL, {"prune": {"method": "lottery"}}))
+    result = run([sys.executable, "stages/prune_train.py"], tmp_path, env, check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: params.yaml: prune.method = 'lottery' is not allowed; expected one of: magnitude, random, structured"]
+
+
+def test_same_params_and_seed_give_the_same_metrics(project, tmp_path):
+    root, _, _ = project
+    env = make_project(tmp_path, SMALL)
+    run(dvc("repro", "evaluate"), tmp_path, env)
+    first = json.loads(run(["git", "show", "HEAD:metrics/evaluate.json"], root, env).stdout)
+    second = json.loads((tmp_path / "metrics" / "evaluate.json").read_text())
+    assert first == second

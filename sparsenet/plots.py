@@ -121,7 +121,7 @@ def conv1_filters(dense: LeNet, sparse: LeNet, path: Path, method: str) -> Path:
     weights = [m.conv1.weight.detach().cpu().numpy() for m in (dense, sparse)]
     limit = max(np.abs(w).max() for w in weights) or 1.0
     count = weights[0].shape[0]
-    fig, axes = plt.subplots(2, count, figsize=(1.6 * count, 3.6), squeeze=False)
+    fig, axes = plt.subplots(2, count, figsize=(1.6 * count, 4.2), squeeze=False)
     for row, (label, w) in enumerate(zip(("dense", f"sparse ({method})"), weights)):
         for col in range(count):
             ax = axes[row][col]

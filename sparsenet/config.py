@@ -45,7 +45,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 5
+    epochs: int = 4
     batch_size: int = 128
     lr: float = 1e-3
 
@@ -56,7 +56,7 @@ class PruneConfig:
     structure: str = "filters"
     scope: str = "global"
     sparsity: float = 0.9
-    epochs: int = 3
+    epochs: int = 2
     finetune_epochs: int = 1
     lr: float = 5e-4
 

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
+from sparsenet.config import DataConfig
 from sparsenet.errors import SparseNetError
 from sparsenet.io import atomic_path, read_json, write_json
 
@@ -226,6 +227,19 @@ def resize_images(images: torch.Tensor, image_size: int, chunk: int = 2048) -> t
                                 align_corners=False)
         out[start:start + chunk] = resized.round_().clamp_(0, 255).to(torch.uint8)
     return out
+
+
+def load_source(cfg: DataConfig, seed: int) -> Dataset:
+    """The configured source at ``cfg.image_size`` (Fashion-MNIST is resized here)."""
+    if cfg.source == "fashion-mnist":
+        dataset = load_fashion_mnist(cfg.fashion_mnist_dir)
+        dataset.train.images = resize_images(dataset.train.images, cfg.image_size)
+        dataset.test.images = resize_images(dataset.test.images, cfg.image_size)
+        return dataset
+    if cfg.source == "folder":
+        return load_folder(cfg.train_dir, cfg.test_dir, cfg.image_size)
+    syn = cfg.synthetic
+    return make_synthetic(syn.train_size, syn.test_size, syn.classes, cfg.image_size, seed)
 
 
 # --------------------------------------------------------------------------- prepared form

@@ -16,8 +16,7 @@ from dvclive import Live
 
 from sparsenet import analysis, plots
 from sparsenet.config import Config, load_config
-from sparsenet.data import (BatchLoader, Dataset, load_fashion_mnist, load_folder, load_prepared,
-                            make_synthetic, resize_images, save_prepared)
+from sparsenet.data import BatchLoader, Dataset, load_prepared, load_source, save_prepared
 from sparsenet.errors import SparseNetError
 from sparsenet.io import load_checkpoint, read_json, save_checkpoint, write_json
 from sparsenet.models import LeNet, SparseNet, default_device, feature_side
@@ -30,37 +29,15 @@ EVAL_BATCH_SIZE = 256  # larger batches run slower on CPU for LeNet
 
 @dataclass(frozen=True)
 class Paths:
-    """Where every step reads and writes, relative to the project root."""
+    """Where every step reads and writes, relative to the project root (the working directory)."""
 
-    root: Path = Path(".")
-
-    @property
-    def prepared(self) -> Path:
-        return self.root / "data" / "prepared"
-
-    @property
-    def dense_model(self) -> Path:
-        return self.root / "models" / "dense.pt"
-
-    @property
-    def sparse_model(self) -> Path:
-        return self.root / "models" / "sparse.pt"
-
-    @property
-    def dense_log(self) -> Path:
-        return self.root / "logs" / "train_dense"
-
-    @property
-    def prune_log(self) -> Path:
-        return self.root / "logs" / "prune_train"
-
-    @property
-    def metrics(self) -> Path:
-        return self.root / "metrics" / "evaluate.json"
-
-    @property
-    def plots(self) -> Path:
-        return self.root / "plots"
+    prepared: Path = Path("data/prepared")
+    dense_model: Path = Path("models/dense.pt")
+    sparse_model: Path = Path("models/sparse.pt")
+    dense_log: Path = Path("logs/train_dense")
+    prune_log: Path = Path("logs/prune_train")
+    metrics: Path = Path("metrics/evaluate.json")
+    plots: Path = Path("plots")
 
 
 # --------------------------------------------------------------------------- prepare
@@ -69,15 +46,7 @@ def prepare(cfg: Config, paths: Paths = Paths()) -> dict:
     """Read the configured source, bring it to S×S, write ``data/prepared`` and its report."""
     data_cfg = cfg.data
     _check_outside_user_folders(paths.prepared, cfg)
-    if data_cfg.source == "fashion-mnist":
-        dataset = load_fashion_mnist(data_cfg.fashion_mnist_dir)
-        dataset.train.images = resize_images(dataset.train.images, data_cfg.image_size)
-        dataset.test.images = resize_images(dataset.test.images, data_cfg.image_size)
-    elif data_cfg.source == "folder":
-        dataset = load_folder(data_cfg.train_dir, data_cfg.test_dir, data_cfg.image_size)
-    else:
-        syn = data_cfg.synthetic
-        dataset = make_synthetic(syn.train_size, syn.test_size, syn.classes, data_cfg.image_size, cfg.seed)
+    dataset = load_source(data_cfg, cfg.seed)
     report = {
         "source": data_cfg.source,
         "classes": dataset.classes,
@@ -244,7 +213,8 @@ def visualize(cfg: Config, paths: Paths = Paths()) -> list[Path]:
     dense_history = plots.read_live_history(paths.dense_log)
     prune_history = plots.read_live_history(paths.prune_log)
     metrics = read_json(paths.metrics)
-    title = f"{cfg.prune.method}" + (f" ({cfg.prune.structure})" if cfg.prune.method == "structured" else "")
+    p = cfg.prune
+    title = f"{p.method}, {p.structure if p.method == 'structured' else p.scope + ' scope'}, target {p.sparsity:g}"
     out = paths.plots
     written = [
         plots.loss_curves(dense_history, prune_history, out / "loss_curves.png", title),

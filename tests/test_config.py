@@ -1,10 +1,12 @@
+from pathlib import Path
+
 import pytest
 
 from sparsenet.config import ConfigError, config_from_dict, load_config
 
 
 def test_the_shipped_params_file_is_valid():
-    cfg = load_config("params.yaml")
+    cfg = load_config(Path(__file__).resolve().parents[1] / "params.yaml")
     assert cfg.data.source == "fashion-mnist"
     assert cfg.prune.method in ("magnitude", "random", "structured")
 

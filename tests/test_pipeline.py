@@ -149,3 +149,27 @@ def test_same_params_and_seed_give_the_same_metrics(project, tmp_path):
     first = json.loads(run(["git", "show", "HEAD:metrics/evaluate.json"], root, env).stdout)
     second = json.loads((tmp_path / "metrics" / "evaluate.json").read_text())
     assert first == second
+
+
+def test_folder_source_reruns_prepare_when_images_are_added_and_never_touches_them(tmp_path):
+    from PIL import Image
+
+    from tests.test_data import tree_digest, write_mixed_folder
+
+    write_mixed_folder(tmp_path / "data" / "train")
+    write_mixed_folder(tmp_path / "data" / "test")
+    env = make_project(tmp_path, merged(SMALL, {"data": {"source": "folder"}}))
+    before = tree_digest(tmp_path / "data" / "train")
+    first = run(dvc("repro", "prepare"), tmp_path, env)
+    assert "skipped 4 unreadable file(s)" in first.stdout
+    report = json.loads((tmp_path / "data" / "prepared" / "report.json").read_text())
+    assert report["skipped_count"] == 4 and report["train_images"] == 8 and report["classes"] == ["cat", "dog"]
+    assert "Running stage" not in run(dvc("repro", "prepare"), tmp_path, env).stdout
+    Image.new("RGB", (10, 10), "red").save(tmp_path / "data" / "train" / "cat" / "new.png")
+    second = run(dvc("repro", "prepare"), tmp_path, env)
+    assert "Running stage 'prepare'" in second.stdout
+    report = json.loads((tmp_path / "data" / "prepared" / "report.json").read_text())
+    assert report["train_images"] == 9
+    del_new = tree_digest(tmp_path / "data" / "train")
+    del_new.pop("cat/new.png")
+    assert del_new == before, "dvc repro must never modify the user's images"

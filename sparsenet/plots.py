@@ -54,7 +54,7 @@ def loss_curves(dense: pd.DataFrame, pruned: pd.DataFrame, path: Path, method: s
     ax.axvline(offset + 0.5, color="grey", lw=1)
     ax.text(offset + 0.6, ax.get_ylim()[1], "pruning starts", va="top", fontsize=9, color="grey")
     ax.set(xlabel="epoch (dense, then pruning rounds)", ylabel="cross-entropy loss",
-           title=f"Loss curves — dense training and {method} pruning rounds")
+           title=f"Loss curves — dense training, then pruning ({method})")
     ax.legend(fontsize=8)
     return _save(fig, path)
 

@@ -32,4 +32,4 @@ $setup_only && exit 0
 export PATH="$PWD/.venv/bin:$PATH"
 echo "==> dvc repro"
 dvc repro
-dvc metrics show
+echo "==> done: metrics in metrics/evaluate.json, figures in plots/ (dvc plots show renders them all)"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
@@ -32,9 +33,13 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.unlink(tmp)
 
 
-def write_text(path: str | Path, text: str) -> None:
+def write_bytes(path: str | Path, data: bytes) -> None:
     with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+        tmp.write_bytes(data)
+
+
+def write_text(path: str | Path, text: str) -> None:
+    write_bytes(path, text.encode("utf-8"))
 
 
 def write_json(path: str | Path, data: Any) -> None:
@@ -49,9 +54,14 @@ def read_json(path: str | Path) -> Any:
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """Save a plain state dict (tensors and plain Python values) atomically."""
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    """Save a plain state dict (tensors and plain Python values) atomically.
+
+    Serialised in memory first: torch names the archive after the file it writes, and a temporary
+    file name would make identical models differ byte for byte.
+    """
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    write_bytes(path, buffer.getvalue())
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -174,13 +174,13 @@ def enforce_masks_after_steps(optimizer: torch.optim.Optimizer, model: nn.Module
     Adam's running moments would otherwise move a weight pruned after training started.
     """
     layers = [layer for _, layer in sparse_layers(model)]
+
+    def reapply_masks(*_) -> None:
+        for layer in layers:
+            layer.apply_mask()
+
     if layers:
-        optimizer.register_step_post_hook(lambda *_: [layer.apply_mask() for layer in layers])
-
-
-def build_model(sparse: bool, num_classes: int, image_size: int, widths=LENET_WIDTHS) -> LeNet:
-    """LeNet or SparseNet for the given problem size."""
-    return (SparseNet if sparse else LeNet)(num_classes, image_size, 3, tuple(widths))
+        optimizer.register_step_post_hook(reapply_masks)
 
 
 def default_device() -> torch.device:

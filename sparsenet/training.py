@@ -23,6 +23,8 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+    torch.backends.cudnn.benchmark = False  # autotuning picks kernels by timing: not repeatable
+    torch.backends.cudnn.deterministic = True
 
 
 @torch.no_grad()

@@ -82,3 +82,10 @@ def test_checkpoint_is_a_plain_state_dict_with_named_masks(tmp_path, sparse):
     again.load_state_dict(load_checkpoint(path))
     x = torch.randn(2, 3, 32, 32)
     assert torch.equal(again(x), sparse(x))
+
+
+def test_saving_the_same_model_twice_gives_identical_bytes(tmp_path, sparse):
+    save_checkpoint(tmp_path / "a.pt", sparse.state_dict())
+    save_checkpoint(tmp_path / "b.pt", sparse.state_dict())
+    assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()
+    assert not list(tmp_path.glob("*.tmp*")), "no temporary file is left behind"

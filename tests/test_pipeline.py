@@ -80,11 +80,12 @@ def project(tmp_path_factory):
     repro = run(dvc("repro"), root, env)
     run(["git", "add", "-A"], root, env)
     run(["git", "commit", "-qm", "baseline run"], root, env)
-    return root, env, repro
+    models = {name: (root / "models" / name).read_bytes() for name in ("dense.pt", "sparse.pt")}
+    return root, env, repro, models
 
 
 def test_repro_runs_every_stage_and_writes_metrics(project):
-    root, _, repro = project
+    root, _, repro, _ = project
     for stage in ("prepare", "train_dense", "prune_train", "evaluate", "visualize"):
         assert f"Running stage '{stage}'" in repro.stdout
     metrics = json.loads((root / "metrics" / "evaluate.json").read_text())
@@ -98,7 +99,7 @@ def test_repro_runs_every_stage_and_writes_metrics(project):
 
 
 def test_repro_writes_checkpoints_logs_and_plots(project):
-    root, _, _ = project
+    root, _, _, _ = project
     sparse = torch.load(root / "models" / "sparse.pt", weights_only=True)
     dense = torch.load(root / "models" / "dense.pt", weights_only=True)
     assert "fc1.mask" in sparse and "conv1.bias_mask" in sparse and "fc1.mask" not in dense
@@ -113,13 +114,13 @@ def test_repro_writes_checkpoints_logs_and_plots(project):
 
 
 def test_repro_again_is_a_no_op(project):
-    root, env, _ = project
+    root, env, _, _ = project
     again = run(dvc("repro"), root, env)
     assert "Running stage" not in again.stdout
 
 
 def test_exp_run_reruns_only_the_stages_that_read_prune_params(project):
-    root, env, _ = project
+    root, env, _, _ = project
     exp = run(dvc("exp", "run", "-S", "prune.method=random"), root, env)
     assert "Running stage 'prepare'" not in exp.stdout
     assert "Running stage 'train_dense'" not in exp.stdout
@@ -143,12 +144,14 @@ def test_bad_param_stops_a_stage_with_one_line(tmp_path):
 
 
 def test_same_params_and_seed_give_the_same_metrics(project, tmp_path):
-    root, _, _ = project
+    root, _, _, baseline_models = project
     env = make_project(tmp_path, SMALL)
     run(dvc("repro", "evaluate"), tmp_path, env)
     first = json.loads(run(["git", "show", "HEAD:metrics/evaluate.json"], root, env).stdout)
     second = json.loads((tmp_path / "metrics" / "evaluate.json").read_text())
     assert first == second
+    for model in ("dense.pt", "sparse.pt"):  # byte-identical, so DVC sees the same hash
+        assert baseline_models[model] == (tmp_path / "models" / model).read_bytes(), model
 
 
 def test_folder_source_reruns_prepare_when_images_are_added_and_never_touches_them(tmp_path):

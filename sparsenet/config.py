@@ -18,6 +18,7 @@ DATA_SOURCES = ("fashion-mnist", "folder", "synthetic")
 PRUNE_METHODS = ("magnitude", "random", "structured")
 PRUNE_STRUCTURES = ("filters", "channels")
 PRUNE_SCOPES = ("layer", "global")
+PRUNE_SCHEDULES = ("constant", "linear", "cubic")
 
 
 class ConfigError(SparseNetError):
@@ -55,6 +56,7 @@ class PruneConfig:
     method: str = "magnitude"
     structure: str = "filters"
     scope: str = "global"
+    schedule: str = "linear"
     sparsity: float = 0.9
     epochs: int = 2
     finetune_epochs: int = 1
@@ -134,6 +136,7 @@ def _check_values(cfg: Config, source: str) -> None:
     one_of("prune.method", cfg.prune.method, PRUNE_METHODS)
     one_of("prune.structure", cfg.prune.structure, PRUNE_STRUCTURES)
     one_of("prune.scope", cfg.prune.scope, PRUNE_SCOPES)
+    one_of("prune.schedule", cfg.prune.schedule, PRUNE_SCHEDULES)
     if not 0.0 <= cfg.prune.sparsity < 1.0:
         fail("prune.sparsity", cfg.prune.sparsity, "a fraction in [0, 1)")
     if cfg.seed < 0:

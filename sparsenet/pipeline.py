@@ -15,6 +15,7 @@ import torch
 from dvclive import Live
 
 from sparsenet import analysis, plots
+from sparsenet.compact import compact
 from sparsenet.config import Config, load_config
 from sparsenet.data import BatchLoader, Dataset, load_prepared, load_source, save_prepared
 from sparsenet.errors import SparseNetError
@@ -25,6 +26,7 @@ from sparsenet.training import evaluate as evaluate_model
 from sparsenet.training import fit, seed_everything
 
 EVAL_BATCH_SIZE = 256  # larger batches run slower on CPU for LeNet
+SPEED_BATCH_SIZE = 256
 
 
 @dataclass(frozen=True)
@@ -34,9 +36,11 @@ class Paths:
     prepared: Path = Path("data/prepared")
     dense_model: Path = Path("models/dense.pt")
     sparse_model: Path = Path("models/sparse.pt")
+    compact_model: Path = Path("models/compact.pt")
     dense_log: Path = Path("logs/train_dense")
     prune_log: Path = Path("logs/prune_train")
     metrics: Path = Path("metrics/evaluate.json")
+    speed: Path = Path("metrics/speed.json")
     plots: Path = Path("plots")
 
 
@@ -133,7 +137,7 @@ def prune_train(cfg: Config, paths: Paths = Paths()) -> list[dict]:
 
     def prune_after_epoch(epoch: int, record: dict) -> None:
         if epoch <= p.epochs:  # pruning round; later epochs fine-tune the final masks
-            target = scheduled_sparsity(p.sparsity, epoch, p.epochs)
+            target = scheduled_sparsity(p.sparsity, epoch, p.epochs, p.schedule)
             prune_model(net, p.method, target, p.structure, p.scope, seed=cfg.seed, round_index=epoch)
             loss, accuracy = evaluate_model(net, test)
             record.update({"test_loss_after_prune": loss, "test_accuracy_after_prune": accuracy})
@@ -143,6 +147,9 @@ def prune_train(cfg: Config, paths: Paths = Paths()) -> list[dict]:
         history = fit(net, train, test, p.epochs + p.finetune_epochs, p.lr, desc=f"prune_train ({p.method})",
                       after_epoch=prune_after_epoch, log=_live_logger(live))
     save_checkpoint(paths.sparse_model, _plain_state(net))
+    small = compact(net)
+    save_checkpoint(paths.compact_model, _plain_state(small))
+    print(f"compact model: widths {small.widths} (dense LeNet {net.widths}) -> {paths.compact_model}")
     return history
 
 
@@ -177,30 +184,44 @@ def load_model(path: Path, sparse: bool, image_size: int, num_classes: int) -> L
 # --------------------------------------------------------------------------- evaluate / visualize
 
 def evaluate(cfg: Config, paths: Paths = Paths()) -> dict:
-    """Test accuracy of both models, the ``interpret_sparsity`` printout, ``metrics/evaluate.json``."""
+    """Accuracy, sparsity and cost of the dense, sparse and compact models; CPU/GPU speed.
+
+    ``metrics/evaluate.json`` is deterministic (same params + seed → same file);
+    measured timings go to ``metrics/speed.json``.
+    """
     dataset, meta = load_prepared(paths.prepared)
     _, test = _loaders(dataset, meta, EVAL_BATCH_SIZE, cfg.seed, default_device())
     size, classes = dataset.image_size, len(dataset.classes)
-    dense = load_model(paths.dense_model, sparse=False, image_size=size, num_classes=classes)
-    sparse = load_model(paths.sparse_model, sparse=True, image_size=size, num_classes=classes)
-    dense_loss, dense_acc = evaluate_model(dense, test)
-    sparse_loss, sparse_acc = evaluate_model(sparse, test)
-    layers = analysis.layer_sparsity(sparse)
-    analysis.interpret_sparsity(sparse)
-    metrics = {
-        "dense": {"accuracy": dense_acc, "loss": dense_loss},
-        "sparse": {
-            "accuracy": sparse_acc,
-            "loss": sparse_loss,
-            "sparsity": analysis.overall_sparsity(layers),
-            "accuracy_drop": dense_acc - sparse_acc,
-            "layers": {layer.name: {"sparsity": layer.sparsity, "zeros": layer.zeros, "total": layer.total}
-                       for layer in layers},
-        },
+    models = {
+        "dense": (paths.dense_model, load_model(paths.dense_model, False, size, classes)),
+        "sparse": (paths.sparse_model, load_model(paths.sparse_model, True, size, classes)),
+        "compact": (paths.compact_model, load_model(paths.compact_model, False, size, classes)),
     }
+    metrics: dict = {}
+    speed: dict = {"device": str(default_device()), "batch_size": SPEED_BATCH_SIZE}
+    for name, (path, model) in models.items():
+        loss, accuracy = evaluate_model(model, test)
+        cost = analysis.model_cost(model, size)
+        metrics[name] = {"accuracy": accuracy, "loss": loss, "params": cost.params,
+                         "nonzero_params": cost.nonzero_params, "macs": cost.macs,
+                         "nonzero_macs": cost.nonzero_macs, "checkpoint_bytes": path.stat().st_size}
+        speed[name] = {"images_per_second": analysis.throughput(model, size, SPEED_BATCH_SIZE)}
+    layers = analysis.layer_sparsity(models["sparse"][1])
+    analysis.interpret_sparsity(models["sparse"][1])
+    metrics["sparse"].update({
+        "sparsity": analysis.overall_sparsity(layers),
+        "accuracy_drop": metrics["dense"]["accuracy"] - metrics["sparse"]["accuracy"],
+        "layers": {layer.name: {"sparsity": layer.sparsity, "zeros": layer.zeros, "total": layer.total}
+                   for layer in layers},
+    })
+    metrics["compact"]["widths"] = list(models["compact"][1].widths)
+    speed["speedup"] = speed["compact"]["images_per_second"] / speed["dense"]["images_per_second"]
     write_json(paths.metrics, metrics)
-    print(f"dense accuracy {dense_acc:.4f} | sparse accuracy {sparse_acc:.4f} "
+    write_json(paths.speed, speed)
+    print(f"dense accuracy {metrics['dense']['accuracy']:.4f} | sparse accuracy {metrics['sparse']['accuracy']:.4f} "
           f"at sparsity {metrics['sparse']['sparsity']:.4f} -> {paths.metrics}")
+    print(f"compact model: {metrics['compact']['macs'] / metrics['dense']['macs']:.2f}x the dense MACs, "
+          f"{speed['speedup']:.2f}x its inference speed ({speed['device']}) -> {paths.speed}")
     return metrics
 
 

@@ -23,15 +23,28 @@ from sparsenet.models import SparseConv2d, SparseLinear, sparse_layers
 METHODS = ("magnitude", "random", "structured")
 STRUCTURES = ("filters", "channels")
 SCOPES = ("layer", "global")
+SCHEDULES = ("constant", "linear", "cubic")
 _FIRST = float("-inf")  # score of an already-pruned entry: pruned again before anything else
 _NEVER = float("inf")   # score of a protected entry
 
 
-def scheduled_sparsity(target: float, round_index: int, rounds: int) -> float:
-    """Linear schedule: the sparsity after pruning round ``round_index`` (1-based) of ``rounds``."""
+def scheduled_sparsity(target: float, round_index: int, rounds: int, schedule: str = "linear") -> float:
+    """The sparsity after pruning round ``round_index`` (1-based) of ``rounds``.
+
+    ``constant``: the target every round; ``linear``: ``target · t/n``; ``cubic`` (Zhu & Gupta
+    2017): ``target · (1 − (1 − t/n)³)`` — prunes most while the network is most redundant and
+    eases in towards the end.
+    """
     if not 1 <= round_index <= rounds:
         raise ValueError(f"round {round_index} is outside 1..{rounds}")
-    return target * round_index / rounds
+    progress = round_index / rounds
+    if schedule == "constant":
+        return target
+    if schedule == "linear":
+        return target * progress
+    if schedule == "cubic":
+        return target * (1.0 - (1.0 - progress) ** 3)
+    raise ValueError(f"unknown schedule {schedule!r}; expected one of: {', '.join(SCHEDULES)}")
 
 
 def unstructured_mask(scores: torch.Tensor, mask: torch.Tensor, amount: float,

@@ -33,3 +33,28 @@ def test_overall_sparsity_weights_layers_by_size(sparse):
     layers = layer_sparsity(sparse)
     total = sum(layer.total for layer in layers)
     assert overall_sparsity(layers) == sum(layer.zeros for layer in layers) / total
+
+
+def test_macs_and_params_of_lenet_match_a_hand_computation():
+    from sparsenet.analysis import model_cost
+    from sparsenet.models import LeNet
+
+    cost = model_cost(LeNet(num_classes=10, image_size=64), 64)
+    conv1 = 60 * 60 * 6 * 3 * 5 * 5        # output positions × weights
+    conv2 = 26 * 26 * 16 * 6 * 5 * 5
+    fc = 16 * 13 * 13 * 120 + 120 * 84 + 84 * 10
+    assert cost.macs == conv1 + conv2 + fc == 3_577_800
+    weights = 6 * 3 * 25 + 16 * 6 * 25 + 16 * 13 * 13 * 120 + 120 * 84 + 84 * 10
+    assert cost.params == weights + 6 + 16 + 120 + 84 + 10
+    assert cost.nonzero_macs == cost.macs
+
+
+def test_nonzero_macs_count_only_surviving_weights(sparse):
+    from sparsenet.analysis import model_cost
+
+    prune_model(sparse, "structured", 0.5, "filters")
+    cost = model_cost(sparse, 32)
+    conv1_kept = 28 * 28 * 3 * 3 * 25
+    conv2_kept = 10 * 10 * 8 * 6 * 25   # conv2 keeps 8 filters but still reads all 6 inputs
+    fc = 400 * 60 + 120 * 42 + 84 * 10
+    assert cost.nonzero_macs == conv1_kept + conv2_kept + fc

@@ -96,11 +96,18 @@ def test_repro_runs_every_stage_and_writes_metrics(project):
         assert layer["sparsity"] == pytest.approx(0.8, abs=0.01), name
     assert metrics["sparse"]["sparsity"] == pytest.approx(0.8, abs=0.01)
     assert "fc1 (sparsity = 0.80): 38400 weights are zero out of 48000" in repro.stdout
+    assert metrics["dense"]["macs"] == metrics["sparse"]["macs"] >= metrics["compact"]["macs"]
+    assert metrics["sparse"]["nonzero_macs"] < 0.3 * metrics["sparse"]["macs"]
+    assert metrics["compact"]["accuracy"] == pytest.approx(metrics["sparse"]["accuracy"], abs=1e-9)
+    speed = json.loads((root / "metrics" / "speed.json").read_text())
+    assert speed["dense"]["images_per_second"] > 0 and speed["speedup"] > 0
 
 
 def test_repro_writes_checkpoints_logs_and_plots(project):
     root, _, _, _ = project
     sparse = torch.load(root / "models" / "sparse.pt", weights_only=True)
+    compact = torch.load(root / "models" / "compact.pt", weights_only=True)
+    assert "fc1.mask" not in compact and compact["fc3.weight"].shape[0] == 4
     dense = torch.load(root / "models" / "dense.pt", weights_only=True)
     assert "fc1.mask" in sparse and "conv1.bias_mask" in sparse and "fc1.mask" not in dense
     assert (sparse["fc1.weight"][~sparse["fc1.mask"]] == 0).all()

@@ -307,7 +307,9 @@ class BatchLoader:
 
     def to_model_input(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 N×C×S×S → normalised float N×3×S×S (channels-last) on the device."""
-        x = images.to(self.device, non_blocking=True).float().sub_(self.mean).div_(self.std)
+        x = images.to(self.device, non_blocking=True)
         if x.shape[1] != MODEL_CHANNELS:
             x = x.expand(-1, MODEL_CHANNELS, -1, -1)
-        return x.contiguous(memory_format=torch.channels_last)
+        # Lay out (and broadcast) while still uint8, then one float pass: 4x less memory traffic.
+        x = x.contiguous(memory_format=torch.channels_last).float()
+        return x.sub_(self.mean).div_(self.std)

@@ -120,6 +120,9 @@ def test_prepared_round_trip_and_gray_is_fed_as_three_channels(tmp_path):
     assert meta["classes"] == dataset.classes and meta["channels"] == 1
     images, labels = next(iter(BatchLoader(again.train, 8, meta["mean"], meta["std"], torch.device("cpu"))))
     assert images.shape == (8, 3, 32, 32) and torch.equal(images[:, 0], images[:, 2])
+    assert images.dtype == torch.float32 and images.is_contiguous(memory_format=torch.channels_last)
+    expected = (dataset.train.images[:8].float() - meta["mean"] * 255) / (meta["std"] * 255)
+    assert torch.allclose(images[:, :1], expected)
 
 
 def test_synthetic_data_is_deterministic():

@@ -1,0 +1,213 @@
+"""Benchmarks: ratios measured in one run, printed and written to JSON.
+
+    python -m sparsenet.bench                    # uses data/prepared if present, else synthetic data
+    python -m sparsenet.bench --quick            # a few seconds, for a smoke check
+
+Measured, each as a ratio of two timings taken in this same process:
+- the pipeline's training data path (in-memory uint8 → normalised batches) against the compute
+  bound (the same training steps on one pre-loaded batch), and against a naive
+  ``torchvision.datasets.ImageFolder`` + ``DataLoader`` + PIL transforms over the same images
+  written as PNG files (loader alone, and loader + training step);
+- a SparseNet training step (90% masked) against a dense LeNet step;
+- inference of the compact model from 50% structured filter pruning against the dense model;
+- fp32 matmul GFLOP/s of this machine and the GFLOP/s LeNet training achieves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+from torch import nn
+
+from sparsenet.analysis import model_cost, throughput
+from sparsenet.compact import compact
+from sparsenet.data import BatchLoader, Split, load_prepared, make_synthetic
+from sparsenet.io import write_json
+from sparsenet.models import LeNet, SparseNet, default_device, enforce_masks_after_steps
+from sparsenet.pruning import prune_model
+
+
+def _median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _trainer(model: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], None]:
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    enforce_masks_after_steps(optimizer, model)
+    loss_fn = nn.CrossEntropyLoss()
+    model.train()
+
+    def step(images: torch.Tensor, labels: torch.Tensor) -> None:
+        loss = loss_fn(model(images), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return step
+
+
+def _images_per_second(batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                       step: Callable[[torch.Tensor, torch.Tensor], None] | None) -> float:
+    count, start = 0, time.perf_counter()
+    for images, labels in batches:
+        if step is not None:
+            step(images, labels)
+        count += len(labels)
+    return count / (time.perf_counter() - start)
+
+
+def _naive_loader(split: Split, classes: int, folder: Path, batch_size: int):
+    """The same images as PNG files, read back by ImageFolder + DataLoader + PIL transforms."""
+    from PIL import Image
+    from torchvision import datasets, transforms
+
+    for index, (image, label) in enumerate(zip(split.images, split.labels)):
+        target = folder / f"class_{int(label)}"
+        target.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image.expand(3, -1, -1).permute(1, 2, 0).numpy()).save(target / f"{index}.png")
+    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize([0.5] * 3, [0.25] * 3)])
+    dataset = datasets.ImageFolder(str(folder), transform=transform)
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True)
+
+
+def cpu_name() -> str:
+    """The processor's model name (Linux), else what the platform module knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def matmul_gflops(size: int = 1024, repeats: int = 5) -> float:
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    return 2 * size ** 3 / _median_seconds(lambda: a @ b, repeats) / 1e9
+
+
+def run(images: int, batch_size: int, repeats: int, prepared: Path | None) -> dict:
+    device = default_device()
+    torch.manual_seed(0)
+    if prepared is not None and (prepared / "meta.json").is_file():
+        dataset, meta = load_prepared(prepared)
+        source = str(prepared)
+        mean, std = meta["mean"], meta["std"]
+    else:
+        dataset = make_synthetic(images, 10, 10, 64, seed=0)
+        source, mean, std = "synthetic", 0.5, 0.25
+    split = Split(dataset.train.images[:images], dataset.train.labels[:images])
+    size, classes = split.images.shape[-1], len(dataset.classes)
+    loader = BatchLoader(split, batch_size, mean, std, device, shuffle=True)
+    results: dict = {"machine": {"platform": platform.platform(), "processor": cpu_name(),
+                                 "threads": torch.get_num_threads(), "device": str(device),
+                                 "torch": torch.__version__},
+                     "data": source, "images": len(split), "batch_size": batch_size}
+
+    # Training data path.
+    dense = LeNet(classes, size).to(device, memory_format=torch.channels_last)
+    step = _trainer(dense)
+    one_batch = next(iter(loader))
+    steps_per_epoch = len(loader)
+    _images_per_second(loader, step)  # warm-up epoch
+    compute = statistics.median(
+        _images_per_second([one_batch] * steps_per_epoch, step) for _ in range(repeats))
+    pipeline = statistics.median(_images_per_second(loader, step) for _ in range(repeats))
+    loader_only = statistics.median(_images_per_second(loader, None) for _ in range(repeats))
+    with tempfile.TemporaryDirectory() as tmp:
+        naive = _naive_loader(split, classes, Path(tmp), batch_size)
+        to_device = ((x.to(device).contiguous(memory_format=torch.channels_last), y.to(device)) for x, y in naive)
+        naive_training = _images_per_second(to_device, step)
+        naive_only = _images_per_second(naive, None)
+    results["training_data_path"] = {
+        "compute_bound_img_s": compute, "pipeline_img_s": pipeline,
+        "pipeline_vs_compute_bound": pipeline / compute,
+        "loader_only_img_s": loader_only, "naive_loader_only_img_s": naive_only,
+        "loader_vs_naive_loader": loader_only / naive_only,
+        "naive_training_img_s": naive_training, "training_vs_naive_training": pipeline / naive_training,
+    }
+
+    # Sparse vs dense training step, same batch.
+    images_, labels_ = one_batch
+    sparse = SparseNet.from_dense(LeNet(classes, size)).to(device, memory_format=torch.channels_last)
+    prune_model(sparse, "magnitude", 0.9, scope="global")
+    dense_step, sparse_step = _trainer(LeNet(classes, size).to(device, memory_format=torch.channels_last)), _trainer(sparse)
+    dense_s = _median_seconds(lambda: dense_step(images_, labels_), repeats * 4, warmup=3)
+    sparse_s = _median_seconds(lambda: sparse_step(images_, labels_), repeats * 4, warmup=3)
+    results["training_step"] = {"dense_ms": dense_s * 1e3, "sparse_ms": sparse_s * 1e3,
+                                "sparse_vs_dense": sparse_s / dense_s}
+
+    # Compact (50% filters) vs dense inference.
+    pruned = SparseNet.from_dense(LeNet(classes, size))
+    prune_model(pruned, "structured", 0.5, "filters")
+    small = compact(pruned).to(device, memory_format=torch.channels_last)
+    reference = LeNet(classes, size).to(device, memory_format=torch.channels_last)
+    dense_ips = throughput(reference, size, 256, repeats=repeats * 2)
+    compact_ips = throughput(small, size, 256, repeats=repeats * 2)
+    results["inference"] = {"dense_img_s": dense_ips, "compact_img_s": compact_ips,
+                            "compact_widths": list(small.widths), "compact_vs_dense": compact_ips / dense_ips,
+                            "compact_macs_fraction": model_cost(small, size).macs / model_cost(reference, size).macs}
+
+    # How much of the machine LeNet training uses: fwd + bwd ≈ 3 × forward MACs × 2 FLOPs.
+    peak = matmul_gflops()
+    flops_per_image = 3 * 2 * model_cost(reference, size).macs
+    achieved = flops_per_image * compute / 1e9
+    results["flops"] = {"matmul_gflops": peak, "lenet_training_gflops": achieved, "fraction_of_matmul": achieved / peak}
+    return results
+
+
+def report(results: dict) -> str:
+    data, step, inf, flops = (results["training_data_path"], results["training_step"], results["inference"],
+                              results["flops"])
+    return "\n".join([
+        f"machine: {results['machine']['processor']}, {results['machine']['threads']} threads, "
+        f"{results['machine']['device']}, torch {results['machine']['torch']}; data: {results['data']} "
+        f"({results['images']} images, batch {results['batch_size']})",
+        f"training, pipeline vs compute bound   : {data['pipeline_vs_compute_bound']:.2f}x "
+        f"({data['pipeline_img_s']:.0f} vs {data['compute_bound_img_s']:.0f} img/s)",
+        f"loader alone, ours vs naive ImageFolder: {data['loader_vs_naive_loader']:.1f}x "
+        f"({data['loader_only_img_s']:.0f} vs {data['naive_loader_only_img_s']:.0f} img/s)",
+        f"training, ours vs naive ImageFolder    : {data['training_vs_naive_training']:.2f}x "
+        f"({data['pipeline_img_s']:.0f} vs {data['naive_training_img_s']:.0f} img/s)",
+        f"training step, sparse vs dense         : {step['sparse_vs_dense']:.2f}x "
+        f"({step['sparse_ms']:.1f} vs {step['dense_ms']:.1f} ms)",
+        f"inference, compact (50% filters) vs dense: {inf['compact_vs_dense']:.2f}x "
+        f"({inf['compact_img_s']:.0f} vs {inf['dense_img_s']:.0f} img/s; {inf['compact_macs_fraction']:.2f}x the MACs)",
+        f"fp32 matmul {flops['matmul_gflops']:.1f} GFLOP/s; LeNet training {flops['lenet_training_gflops']:.1f} "
+        f"GFLOP/s = {flops['fraction_of_matmul']:.2f} of it",
+    ])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m sparsenet.bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--images", type=int, default=4096, help="training images per measured pass (default 4096)")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=3, help="timed repeats, the median is kept")
+    parser.add_argument("--prepared", type=Path, default=Path("data/prepared"),
+                        help="prepared data to read (default data/prepared; synthetic when missing)")
+    parser.add_argument("--out", type=Path, default=Path("metrics/bench.json"))
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke check, not a measurement")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.images, args.repeats = 256, 1
+    results = run(args.images, args.batch_size, args.repeats, args.prepared)
+    write_json(args.out, results)
+    print(report(results))
+    print(f"-> {args.out}")
+
+
+if __name__ == "__main__":
+    main()

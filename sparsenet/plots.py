@@ -136,3 +136,19 @@ def conv1_filters(dense: LeNet, sparse: LeNet, path: Path, method: str) -> Path:
     fig.suptitle("conv1 filter weights (RGB; grey = 0)")
     fig.tight_layout()
     return _save(fig, path)
+
+
+def frontier_figure(rows: list[dict], path: Path) -> Path:
+    """Test accuracy vs measured sparsity, one line per method, dense accuracy as reference."""
+    frame = pd.DataFrame(rows)
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for (line, schedule), group in frame.groupby(["line", "schedule"]):
+        group = group.sort_values("sparsity")
+        label = line if frame["schedule"].nunique() == 1 else f"{line}, {schedule}"
+        ax.plot(100 * group["sparsity"], 100 * group["accuracy"], "o-", label=label)
+    dense = frame["dense_accuracy"].median()
+    ax.axhline(100 * dense, color="grey", ls="--", label=f"dense LeNet ({100 * dense:.2f}%)")
+    ax.set(xlabel="sparsity: zero weights over all pruned layers (%)", ylabel="test accuracy (%)",
+           title="Accuracy–sparsity frontier")
+    ax.legend(fontsize=9)
+    return _save(fig, path)

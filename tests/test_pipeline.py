@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -183,3 +184,20 @@ def test_folder_source_reruns_prepare_when_images_are_added_and_never_touches_th
     del_new = tree_digest(tmp_path / "data" / "train")
     del_new.pop("cat/new.png")
     assert del_new == before, "dvc repro must never modify the user's images"
+
+
+def test_frontier_sweep_queues_experiments_and_plots_them(tmp_path):
+    env = make_project(tmp_path, merged(SMALL, {"prune": {"epochs": 1, "finetune_epochs": 0}}))
+    run(dvc("repro"), tmp_path, env)
+    run(["git", "add", "-A"], tmp_path, env)
+    run(["git", "commit", "-qm", "baseline"], tmp_path, env)
+    sweep = run([sys.executable, "-m", "sparsenet.frontier", "sweep", "--methods", "magnitude", "random",
+                 "--sparsities", "0.5", "0.8"], tmp_path, env)
+    assert "points -> plots/frontier.png" in sweep.stdout
+    with open(tmp_path / "plots" / "frontier.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    swept = {(r["method"], float(r["target_sparsity"])) for r in rows if r["experiment"].startswith("sweep-")}
+    assert swept == {("magnitude", 0.5), ("magnitude", 0.8), ("random", 0.5), ("random", 0.8)}
+    for row in rows:
+        assert abs(float(row["sparsity"]) - float(row["target_sparsity"])) < 0.01
+    assert (tmp_path / "plots" / "frontier.png").read_bytes()[:4] == b"\x89PNG"

@@ -1,0 +1,158 @@
+"""The accuracy–sparsity frontier: queue a sweep of DVC experiments, then plot what DVC recorded.
+
+    python -m sparsenet.frontier sweep          # queue methods × sparsities, run them, then plot
+    python -m sparsenet.frontier plot           # plot every experiment DVC knows about
+
+``sweep`` queues ``dvc exp run --queue -S prune.method=M -S prune.sparsity=S`` for every pair
+(structured once per structure), starts the queue (``dvc queue start``) and waits for it.
+``plot`` reads the results back with ``dvc exp show --json`` — no separate tracker — and writes
+``plots/frontier.png`` (test accuracy vs sparsity, one line per method, dense accuracy as
+reference) and ``plots/frontier.csv`` (the points).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+from sparsenet.errors import SparseNetError
+from sparsenet.io import write_text
+
+DEFAULT_METHODS = ("magnitude", "random", "structured")
+DEFAULT_SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98)
+COLUMNS = ("experiment", "line", "method", "structure", "scope", "schedule", "target_sparsity",
+           "sparsity", "accuracy", "dense_accuracy")
+
+
+def _dvc(*args: str, capture: bool = False) -> str:
+    result = subprocess.run([sys.executable, "-m", "dvc", *args], text=True,
+                            capture_output=capture, check=False)
+    if result.returncode != 0:
+        detail = (result.stderr or result.stdout or "").strip().splitlines()[-1:] if capture else []
+        raise SparseNetError(f"dvc {' '.join(args)} failed (exit {result.returncode}) {' '.join(detail)}")
+    return result.stdout if capture else ""
+
+
+def sweep_points(methods: list[str], sparsities: list[float], structures: list[str]) -> list[dict[str, str]]:
+    """Every ``-S`` set of the sweep; structured pruning once per structure."""
+    points = []
+    for method in methods:
+        for structure in (structures if method == "structured" else [None]):
+            for sparsity in sparsities:
+                point = {"prune.method": method, "prune.sparsity": f"{sparsity:g}"}
+                if structure is not None:
+                    point["prune.structure"] = structure
+                points.append(point)
+    return points
+
+
+def queue_sweep(points: list[dict[str, str]], extra: list[str], jobs: int, poll_seconds: float = 2.0) -> None:
+    """Queue every point as a DVC experiment, run the queue, wait until it is empty."""
+    for point in points:
+        name = "-".join(v.replace(".", "") for v in point.values())
+        sets = [arg for key, value in point.items() for arg in ("-S", f"{key}={value}")]
+        _dvc("exp", "run", "--queue", "--name", f"sweep-{name}", *sets, *[a for e in extra for a in ("-S", e)])
+    _dvc("queue", "start", "--jobs", str(jobs))
+    while True:
+        status = _dvc("queue", "status", capture=True)
+        if not any(word in status for word in ("Queued", "Running")):
+            break
+        time.sleep(poll_seconds)
+    if "Failed" in status:
+        print(status, file=sys.stderr)
+        raise SparseNetError("some sweep experiments failed: see `dvc queue status` and `dvc queue logs <task>`")
+
+
+def _entries(exp_show: list) -> Iterator[dict]:
+    """Named experiments first, then their baselines and the workspace (which often repeat one)."""
+    for entry in exp_show:
+        for experiment in entry.get("experiments") or []:
+            yield from experiment.get("revs") or []
+    yield from exp_show
+
+
+def collect_points(exp_show: list) -> list[dict]:
+    """One row per experiment (and baseline) with an ``evaluate.json``; duplicates dropped."""
+    rows, seen = [], set()
+    for entry in _entries(exp_show):
+        data = entry.get("data") or {}
+        metrics = ((data.get("metrics") or {}).get("metrics/evaluate.json") or {}).get("data")
+        params = ((data.get("params") or {}).get("params.yaml") or {}).get("data") or {}
+        prune = params.get("prune") or {}
+        if not metrics or not prune:
+            continue
+        method = prune.get("method", "magnitude")
+        structure = prune.get("structure", "filters") if method == "structured" else ""
+        scope = prune.get("scope", "global") if method != "structured" else "layer"
+        line = f"structured ({structure})" if structure else f"{method} ({scope})"
+        row = {
+            "experiment": entry.get("name") or data.get("rev") or entry.get("rev", ""),
+            "line": line, "method": method, "structure": structure, "scope": scope,
+            "schedule": prune.get("schedule", "linear"), "target_sparsity": prune.get("sparsity"),
+            "sparsity": metrics["sparse"]["sparsity"], "accuracy": metrics["sparse"]["accuracy"],
+            "dense_accuracy": metrics["dense"]["accuracy"],
+        }
+        key = (line, row["schedule"], row["target_sparsity"], round(row["accuracy"], 6))
+        if key not in seen:
+            seen.add(key)
+            rows.append(row)
+    return sorted(rows, key=lambda r: (r["line"], r["sparsity"]))
+
+
+def plot_frontier(rows: list[dict], png: Path, table: Path) -> None:
+    """``png``: accuracy vs sparsity per line; ``table``: the points as CSV."""
+    if not rows:
+        raise SparseNetError("no experiment with metrics/evaluate.json found: run `dvc repro` or a sweep first")
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(table, buffer.getvalue())
+
+    from sparsenet.plots import frontier_figure
+
+    frontier_figure(rows, png)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m sparsenet.frontier", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sweep = sub.add_parser("sweep", help="queue and run methods × sparsities, then plot")
+    sweep.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=DEFAULT_METHODS)
+    sweep.add_argument("--sparsities", nargs="+", type=float, default=list(DEFAULT_SPARSITIES))
+    sweep.add_argument("--structures", nargs="+", default=["filters"], choices=["filters", "channels"])
+    sweep.add_argument("--jobs", type=int, default=1, help="parallel queue workers (default 1: training "
+                       "already uses every core)")
+    sweep.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
+                       help="more params for every experiment, e.g. --set prune.schedule=cubic")
+    sub.add_parser("plot", help="plot every experiment DVC knows about")
+    sub.choices["plot"].add_argument("--all-commits", action="store_true",
+                                     help="include experiments based on older commits too")
+    for p in (sweep, sub.choices["plot"]):
+        p.add_argument("--png", type=Path, default=Path("plots/frontier.png"))
+        p.add_argument("--csv", type=Path, default=Path("plots/frontier.csv"))
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "sweep":
+            bad = [s for s in args.sparsities if not 0 <= s < 1]
+            if bad:
+                raise SparseNetError(f"--sparsities {bad} not allowed; expected fractions in [0, 1)")
+            queue_sweep(sweep_points(args.methods, args.sparsities, args.structures), args.extra, args.jobs)
+        show = ["exp", "show", "--json"] + (["--all-commits"] if getattr(args, "all_commits", False) else [])
+        rows = collect_points(json.loads(_dvc(*show, capture=True)))
+        plot_frontier(rows, args.png, args.csv)
+    except SparseNetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(f"{len(rows)} points -> {args.png}, {args.csv}")
+
+
+if __name__ == "__main__":
+    main()

@@ -19,6 +19,7 @@ PRUNE_METHODS = ("magnitude", "random", "structured")
 PRUNE_STRUCTURES = ("filters", "channels")
 PRUNE_SCOPES = ("layer", "global")
 PRUNE_SCHEDULES = ("constant", "linear", "cubic")
+LAYER_NAMES = ("conv1", "conv2", "fc1", "fc2", "fc3")
 
 
 class ConfigError(SparseNetError):
@@ -57,6 +58,7 @@ class PruneConfig:
     structure: str = "filters"
     scope: str = "global"
     schedule: str = "linear"
+    exclude: list = field(default_factory=list)
     sparsity: float = 0.9
     epochs: int = 2
     finetune_epochs: int = 1
@@ -113,6 +115,12 @@ def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
 
 
 def _coerce(key: str, value: Any, kind: type, source: str) -> Any:
+    if kind is list:
+        if value is None:
+            return []
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{source}: {key} = {value!r} must be a list of names, e.g. [fc3]")
+        return list(value)
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if not isinstance(value, kind) or isinstance(value, bool):
@@ -137,6 +145,10 @@ def _check_values(cfg: Config, source: str) -> None:
     one_of("prune.structure", cfg.prune.structure, PRUNE_STRUCTURES)
     one_of("prune.scope", cfg.prune.scope, PRUNE_SCOPES)
     one_of("prune.schedule", cfg.prune.schedule, PRUNE_SCHEDULES)
+    for name in cfg.prune.exclude:
+        one_of("prune.exclude", name, LAYER_NAMES)
+    if set(cfg.prune.exclude) >= set(LAYER_NAMES):
+        fail("prune.exclude", cfg.prune.exclude, "a list that leaves at least one layer to prune")
     if not 0.0 <= cfg.prune.sparsity < 1.0:
         fail("prune.sparsity", cfg.prune.sparsity, "a fraction in [0, 1)")
     if cfg.seed < 0:

@@ -138,7 +138,8 @@ def prune_train(cfg: Config, paths: Paths = Paths()) -> list[dict]:
     def prune_after_epoch(epoch: int, record: dict) -> None:
         if epoch <= p.epochs:  # pruning round; later epochs fine-tune the final masks
             target = scheduled_sparsity(p.sparsity, epoch, p.epochs, p.schedule)
-            prune_model(net, p.method, target, p.structure, p.scope, seed=cfg.seed, round_index=epoch)
+            prune_model(net, p.method, target, p.structure, p.scope, seed=cfg.seed, round_index=epoch,
+                        exclude=tuple(p.exclude))
             loss, accuracy = evaluate_model(net, test)
             record.update({"test_loss_after_prune": loss, "test_accuracy_after_prune": accuracy})
         record["sparsity"] = analysis.overall_sparsity(analysis.layer_sparsity(net))

@@ -111,11 +111,16 @@ def prune_layer(layer: SparseConv2d | SparseLinear, method: str, amount: float, 
 
 
 def prune_globally(layers: list[SparseConv2d | SparseLinear], method: str, amount: float,
-                   generator: torch.Generator | None = None) -> None:
-    """One ranking across all ``layers`` (like ``prune.global_unstructured``); the last is the classifier."""
+                   generator: torch.Generator | None = None,
+                   classifier: SparseConv2d | SparseLinear | None = None) -> None:
+    """One ranking across all ``layers`` (like ``prune.global_unstructured``).
+
+    ``classifier``, when among ``layers``, keeps each class output's strongest weight.
+    """
     scores = [weight_scores(layer, method, generator) for layer in layers]
     masks = [layer.mask for layer in layers]
-    protect = [torch.zeros_like(m) for m in masks[:-1]] + [strongest_per_output(scores[-1], masks[-1])]
+    protect = [strongest_per_output(score, layer.mask) if layer is classifier else torch.zeros_like(layer.mask)
+               for score, layer in zip(scores, layers)]
     flat = unstructured_mask(torch.cat([s.flatten() for s in scores]), torch.cat([m.flatten() for m in masks]),
                              amount, torch.cat([p.flatten() for p in protect]))
     for layer, part in zip(layers, torch.split(flat, [m.numel() for m in masks])):
@@ -124,13 +129,13 @@ def prune_globally(layers: list[SparseConv2d | SparseLinear], method: str, amoun
 
 @torch.no_grad()
 def prune_model(model: nn.Module, method: str, amount: float, structure: str = "filters", scope: str = "layer",
-                seed: int = 0, round_index: int = 0) -> dict[str, float]:
+                seed: int = 0, round_index: int = 0, exclude: tuple[str, ...] = ()) -> dict[str, float]:
     """Prune the sparse layers of ``model`` to ``amount``; returns each layer's weight sparsity.
 
     ``scope="layer"`` gives every layer the same sparsity; ``"global"`` ranks all weights
     together (magnitude / random only: filter norms of different layers are not comparable, so
     structured pruning is always per layer).  ``seed`` and ``round_index`` make random pruning
-    reproducible and different per round.
+    reproducible and different per round.  Layers named in ``exclude`` stay as they are.
     """
     if method not in METHODS:
         raise ValueError(f"unknown pruning method {method!r}; expected one of: {', '.join(METHODS)}")
@@ -140,13 +145,17 @@ def prune_model(model: nn.Module, method: str, amount: float, structure: str = "
         raise ValueError(f"unknown scope {scope!r}; expected one of: {', '.join(SCOPES)}")
     generator = torch.Generator().manual_seed(seed * 1_000_003 + round_index)
     named = list(sparse_layers(model))
-    layers = [layer for _, layer in named]
+    unknown = sorted(set(exclude) - {name for name, _ in named})
+    if unknown:
+        raise ValueError(f"cannot exclude {', '.join(unknown)}: the sparse layers are {', '.join(n for n, _ in named)}")
+    first, classifier = named[0][1], named[-1][1]
+    layers = [layer for name, layer in named if name not in exclude]
     if scope == "global" and method != "structured":
-        prune_globally(layers, method, amount, generator)
+        if layers:
+            prune_globally(layers, method, amount, generator, classifier)
     else:
-        for position, layer in enumerate(layers):
-            is_first, is_last = position == 0, position == len(layers) - 1
-            if method == "structured" and (is_last if structure == "filters" else is_first):
+        for layer in layers:
+            if method == "structured" and (layer is classifier if structure == "filters" else layer is first):
                 continue
-            prune_layer(layer, method, amount, structure, generator, protect_outputs=is_last)
+            prune_layer(layer, method, amount, structure, generator, protect_outputs=layer is classifier)
     return {name: 1.0 - layer.mask.float().mean().item() for name, layer in named}

@@ -27,6 +27,9 @@ def test_missing_keys_take_defaults():
     ({"train": {"lr": 3}}, ["train.lr", "(0, 1)"]),
     ({"prune": {"methd": "random"}}, ["prune.methd", "unknown", "method"]),
     ({"prune": 5}, ["prune", "mapping"]),
+    ({"prune": {"schedule": "exp"}}, ["prune.schedule", "constant, linear, cubic"]),
+    ({"prune": {"exclude": ["fc9"]}}, ["prune.exclude", "'fc9'", "conv1, conv2, fc1, fc2, fc3"]),
+    ({"prune": {"exclude": "fc3"}}, ["prune.exclude", "list"]),
 ])
 def test_bad_values_give_one_line_naming_key_value_and_allowed(raw, words):
     with pytest.raises(ConfigError) as err:

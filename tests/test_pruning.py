@@ -159,3 +159,22 @@ def test_structured_pruning_ignores_global_scope(dense):
     prune_model(b, "structured", 0.5, "filters", scope="global")
     for (_, x), (_, y) in zip(a.sparse_layers(), b.sparse_layers()):
         assert torch.equal(x.mask, y.mask)
+
+
+@pytest.mark.parametrize("scope", ["layer", "global"])
+def test_excluded_layers_stay_dense_and_the_rest_reach_the_target(sparse, scope):
+    prune_model(sparse, "magnitude", 0.8, scope=scope, exclude=("conv1", "fc3"))
+    assert sparse.conv1.mask.all() and sparse.fc3.mask.all()
+    pruned = [sparse.conv2, sparse.fc1, sparse.fc2]
+    zeros = sum(int((~layer.mask).sum()) for layer in pruned)
+    assert zeros == pytest.approx(0.8 * sum(layer.mask.numel() for layer in pruned), abs=3)
+
+
+def test_global_pruning_protects_the_classifier_even_when_it_is_not_last_in_the_ranking(sparse):
+    prune_model(sparse, "magnitude", 0.999, scope="global", exclude=("fc1",))
+    assert sparse.fc3.mask.any(dim=1).all()
+
+
+def test_excluding_an_unknown_layer_is_refused(sparse):
+    with pytest.raises(ValueError, match="fc9.*conv1, conv2, fc1, fc2, fc3"):
+        prune_model(sparse, "magnitude", 0.5, exclude=("fc9",))

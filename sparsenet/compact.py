@@ -9,6 +9,8 @@ sliced through the flatten: channel ``c`` owns fc1's inputs ``c·s² … (c+1)·
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
@@ -49,8 +51,9 @@ def compact(model: LeNet) -> LeNet:
     """A dense LeNet without the removable filters, channels and units of ``model``.
 
     Works on any LeNet / SparseNet; a SparseNet's weights are already exact zeros where masked.
+    ``model`` itself is left as it is (the compact copy is built on the CPU).
     """
-    model = model.cpu()
+    model = copy.deepcopy(model).cpu()
     k1, k2, k3, k4 = kept_channels(model)
     side = model.flat_side
     features = k2.repeat_interleave(side * side)  # conv2 channel → its fc1 inputs

@@ -78,21 +78,27 @@ def model_cost(model: nn.Module, image_size: int, in_channels: int = 3) -> Model
 
 
 @torch.no_grad()
-def throughput(model: nn.Module, image_size: int, batch_size: int = 256, repeats: int = 7,
-               warmup: int = 2, in_channels: int = 3) -> float:
-    """Inference images per second: median over ``repeats`` timed batches after ``warmup`` ones."""
-    device = next(model.parameters()).device
-    x = torch.randn(batch_size, in_channels, image_size, image_size, device=device)
-    x = x.contiguous(memory_format=torch.channels_last)
-    model.eval()
-    seconds = []
+def throughput(models: dict[str, nn.Module], image_size: int, batch_size: int = 256, repeats: int = 15,
+               warmup: int = 3, in_channels: int = 3) -> dict[str, float]:
+    """Inference images per second of each model: median over ``repeats`` timed batches.
+
+    The models take turns batch by batch, so a drift in the machine's speed hits them alike.
+    """
+    inputs, seconds = {}, {name: [] for name in models}
+    for name, model in models.items():
+        device = next(model.parameters()).device
+        x = torch.randn(batch_size, in_channels, image_size, image_size, device=device)
+        inputs[name] = x.contiguous(memory_format=torch.channels_last)
+        model.eval()
     for i in range(warmup + repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        model(x)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if i >= warmup:
-            seconds.append(time.perf_counter() - start)
-    return batch_size / statistics.median(seconds)
+        for name, model in models.items():
+            cuda = inputs[name].is_cuda
+            if cuda:
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            model(inputs[name])
+            if cuda:
+                torch.cuda.synchronize()
+            if i >= warmup:
+                seconds[name].append(time.perf_counter() - start)
+    return {name: batch_size / statistics.median(times) for name, times in seconds.items()}

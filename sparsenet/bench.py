@@ -155,8 +155,8 @@ def run(images: int, batch_size: int, repeats: int, prepared: Path | None) -> di
     prune_model(pruned, "structured", 0.5, "filters")
     small = compact(pruned).to(device, memory_format=torch.channels_last)
     reference = LeNet(classes, size).to(device, memory_format=torch.channels_last)
-    dense_ips = throughput(reference, size, 256, repeats=repeats * 2)
-    compact_ips = throughput(small, size, 256, repeats=repeats * 2)
+    rates = throughput({"dense": reference, "compact": small}, size, 256, repeats=repeats * 5)
+    dense_ips, compact_ips = rates["dense"], rates["compact"]
     results["inference"] = {"dense_img_s": dense_ips, "compact_img_s": compact_ips,
                             "compact_widths": list(small.widths), "compact_vs_dense": compact_ips / dense_ips,
                             "compact_macs_fraction": model_cost(small, size).macs / model_cost(reference, size).macs}

@@ -206,7 +206,8 @@ def evaluate(cfg: Config, paths: Paths = Paths()) -> dict:
         metrics[name] = {"accuracy": accuracy, "loss": loss, "params": cost.params,
                          "nonzero_params": cost.nonzero_params, "macs": cost.macs,
                          "nonzero_macs": cost.nonzero_macs, "checkpoint_bytes": path.stat().st_size}
-        speed[name] = {"images_per_second": analysis.throughput(model, size, SPEED_BATCH_SIZE)}
+    rates = analysis.throughput({name: model for name, (_, model) in models.items()}, size, SPEED_BATCH_SIZE)
+    speed.update({name: {"images_per_second": rate} for name, rate in rates.items()})
     layers = analysis.layer_sparsity(models["sparse"][1])
     analysis.interpret_sparsity(models["sparse"][1])
     metrics["sparse"].update({

@@ -32,4 +32,5 @@ $setup_only && exit 0
 export PATH="$PWD/.venv/bin:$PATH"
 echo "==> dvc repro"
 dvc repro
-echo "==> done: metrics in metrics/evaluate.json, figures in plots/ (dvc plots show renders them all)"
+echo "==> results (metrics/evaluate.json, metrics/speed.json; figures in plots/, all of them: dvc plots show)"
+python -m sparsenet.summary

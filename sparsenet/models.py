@@ -183,6 +183,29 @@ def enforce_masks_after_steps(optimizer: torch.optim.Optimizer, model: nn.Module
         optimizer.register_step_post_hook(reapply_masks)
 
 
+def lenet_from_state_dict(state: dict[str, torch.Tensor], sparse: bool, image_size: int | None = None) -> LeNet:
+    """Rebuild LeNet / SparseNet from a state dict's tensor shapes (widths, classes, flatten).
+
+    ``image_size`` defaults to the smallest input whose flatten fits fc1.  Raises ``ValueError``
+    when the state dict is not a LeNet of that size (or holds no masks when ``sparse``).
+    """
+    try:
+        widths = tuple(int(state[f"{name}.weight"].shape[0]) for name in ("conv1", "conv2", "fc1", "fc2"))
+        classes, flat = int(state["fc3.weight"].shape[0]), int(state["fc1.weight"].shape[1])
+        in_channels = int(state["conv1.weight"].shape[1])
+    except (KeyError, AttributeError, IndexError):
+        raise ValueError(f"not a LeNet state dict (keys: {', '.join(list(state)[:6])}, ...)") from None
+    if image_size is None:
+        image_size = next((s for s in range(16, 2048) if widths[1] * feature_side(s) ** 2 == flat), 0)
+    if image_size < 16 or widths[1] * feature_side(image_size) ** 2 != flat:
+        raise ValueError(f"fc1 reads {flat} features, which does not fit {image_size}x{image_size} input")
+    if sparse and "conv1.mask" not in state:
+        raise ValueError("holds a dense LeNet, expected a SparseNet with masks")
+    model = (SparseNet if sparse else LeNet)(classes, image_size, in_channels, widths)
+    model.load_state_dict(state if sparse else {k: v for k, v in state.items() if not k.endswith("mask")})
+    return model
+
+
 def default_device() -> torch.device:
     """CUDA when present, else CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -20,7 +20,7 @@ from sparsenet.config import Config, load_config
 from sparsenet.data import BatchLoader, Dataset, load_prepared, load_source, save_prepared
 from sparsenet.errors import SparseNetError
 from sparsenet.io import load_checkpoint, read_json, save_checkpoint, write_json
-from sparsenet.models import LeNet, SparseNet, default_device, feature_side
+from sparsenet.models import LeNet, SparseNet, default_device, lenet_from_state_dict
 from sparsenet.pruning import prune_model, scheduled_sparsity
 from sparsenet.training import evaluate as evaluate_model
 from sparsenet.training import fit, seed_everything
@@ -161,24 +161,13 @@ def _plain_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def load_model(path: Path, sparse: bool, image_size: int, num_classes: int) -> LeNet:
     """Rebuild LeNet / SparseNet from a checkpoint, checking it fits the prepared data."""
-    state = load_checkpoint(path)
     try:
-        widths = tuple(int(state[f"{name}.weight"].shape[0]) for name in ("conv1", "conv2", "fc1", "fc2"))
-        classes, flat = int(state["fc3.weight"].shape[0]), int(state["fc1.weight"].shape[1])
-    except (KeyError, AttributeError, IndexError):
-        raise SparseNetError(f"{path}: not a LeNet checkpoint (keys: {', '.join(list(state)[:6])}, ...)") from None
-    expected_flat = widths[1] * feature_side(image_size) ** 2
-    if classes != num_classes or flat != expected_flat:
-        raise SparseNetError(
-            f"{path}: checkpoint is for {classes} classes / flatten {flat}, but the prepared data has "
-            f"{num_classes} classes at {image_size}x{image_size} (flatten {expected_flat}); re-run dvc repro")
-    model = (SparseNet if sparse else LeNet)(num_classes, image_size, 3, widths)
-    if sparse and "conv1.mask" not in state:
-        raise SparseNetError(f"{path}: holds a dense LeNet, expected a SparseNet with masks")
-    if sparse:
-        model.load_state_dict(state)
-    else:
-        model.load_state_dict({k: v for k, v in state.items() if not k.endswith("mask")})
+        model = lenet_from_state_dict(load_checkpoint(path), sparse, image_size)
+    except ValueError as exc:
+        raise SparseNetError(f"{path}: {exc}; re-run dvc repro") from None
+    if model.num_classes != num_classes:
+        raise SparseNetError(f"{path}: checkpoint is for {model.num_classes} classes, the prepared data has "
+                             f"{num_classes}; re-run dvc repro")
     return model.to(default_device(), memory_format=torch.channels_last)
 
 

@@ -89,3 +89,34 @@ def test_saving_the_same_model_twice_gives_identical_bytes(tmp_path, sparse):
     save_checkpoint(tmp_path / "b.pt", sparse.state_dict())
     assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()
     assert not list(tmp_path.glob("*.tmp*")), "no temporary file is left behind"
+
+
+def test_rebuilding_from_a_state_dict_infers_widths_and_image_size(sparse):
+    from sparsenet.compact import compact
+    from sparsenet.models import lenet_from_state_dict
+
+    prune_model(sparse, "structured", 0.5, "filters")
+    small = compact(sparse)
+    again = lenet_from_state_dict(small.state_dict(), sparse=False)
+    assert again.widths == small.widths == (3, 8, 60, 42) and again.image_size == 32
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(again(x), small(x))
+
+
+def test_a_checkpoint_that_does_not_fit_gives_one_clear_error(tmp_path, dense):
+    import pytest
+
+    from sparsenet.errors import SparseNetError
+    from sparsenet.pipeline import load_model
+
+    path = tmp_path / "dense.pt"
+    save_checkpoint(path, dense.state_dict())
+    with pytest.raises(SparseNetError, match="checkpoint is for 10 classes, the prepared data has 4"):
+        load_model(path, sparse=False, image_size=32, num_classes=4)
+    with pytest.raises(SparseNetError, match="does not fit 64x64 input; re-run dvc repro"):
+        load_model(path, sparse=False, image_size=64, num_classes=10)
+    with pytest.raises(SparseNetError, match="expected a SparseNet with masks"):
+        load_model(path, sparse=True, image_size=32, num_classes=10)
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(SparseNetError, match="junk.pt: not a readable SparseNet checkpoint"):
+        load_model(tmp_path / "junk.pt", sparse=False, image_size=32, num_classes=10)

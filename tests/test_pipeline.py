@@ -121,10 +121,13 @@ def test_repro_writes_checkpoints_logs_and_plots(project):
     assert report["train_images"] == 256 and report["skipped_count"] == 0
 
 
-def test_repro_again_is_a_no_op(project):
+def test_repro_again_is_a_no_op_and_the_summary_reads_the_results(project):
     root, env, _, _ = project
     again = run(dvc("repro"), root, env)
     assert "Running stage" not in again.stdout
+    summary = run([sys.executable, "-m", "sparsenet.summary"], root, env).stdout
+    assert "fc1 (sparsity = 0.80): 38400 weights are zero out of 48000" in summary
+    assert "test accuracy: dense" in summary
 
 
 def test_exp_run_reruns_only_the_stages_that_read_prune_params(project):

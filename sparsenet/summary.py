@@ -1,0 +1,44 @@
+"""Print the current run's results: accuracies, per-layer sparsity, cost and speed.
+
+    python -m sparsenet.summary [models/sparse.pt]
+
+Reads what the pipeline wrote (``metrics/*.json`` and the sparse checkpoint); trains nothing.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from sparsenet.analysis import interpret_sparsity
+from sparsenet.errors import SparseNetError
+from sparsenet.io import load_checkpoint, read_json
+from sparsenet.models import lenet_from_state_dict
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    checkpoint = Path(args[0]) if args else Path("models/sparse.pt")
+    try:
+        metrics = read_json("metrics/evaluate.json")
+        try:
+            model = lenet_from_state_dict(load_checkpoint(checkpoint), sparse=True)
+        except ValueError as exc:
+            raise SparseNetError(f"{checkpoint}: {exc}") from None
+        interpret_sparsity(model)
+        dense, sparse, small = metrics["dense"], metrics["sparse"], metrics["compact"]
+        print(f"test accuracy: dense {dense['accuracy']:.2%}, sparse {sparse['accuracy']:.2%} "
+              f"at {sparse['sparsity']:.2%} sparsity")
+        print(f"non-zero MACs per image: {sparse['nonzero_macs']:,} of {dense['macs']:,}; compact model "
+              f"widths {small['widths']}, {small['macs']:,} MACs")
+        speed_path = Path("metrics/speed.json")
+        if speed_path.is_file():
+            speed = read_json(speed_path)
+            print(f"compact vs dense inference speed ({speed['device']}): {speed['speedup']:.2f}x")
+    except SparseNetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

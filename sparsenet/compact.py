@@ -14,9 +14,7 @@ import copy
 import torch
 from torch import nn
 
-from sparsenet.models import LeNet
-
-LAYERS = ("conv1", "conv2", "fc1", "fc2", "fc3")
+from sparsenet.models import LAYER_NAMES, LeNet
 
 
 def _producer_dead(layer: nn.Module) -> torch.Tensor:
@@ -35,7 +33,7 @@ def _consumer_dead(layer: nn.Module, channels: int) -> torch.Tensor:
 def kept_channels(model: LeNet) -> list[torch.Tensor]:
     """For each of the four boundaries (conv1|conv2, conv2|fc1, fc1|fc2, fc2|fc3): a keep mask."""
     keeps = []
-    for producer_name, consumer_name in zip(LAYERS[:-1], LAYERS[1:]):
+    for producer_name, consumer_name in zip(LAYER_NAMES[:-1], LAYER_NAMES[1:]):
         producer, consumer = getattr(model, producer_name), getattr(model, consumer_name)
         width = producer.weight.shape[0]
         dead = _producer_dead(producer) | _consumer_dead(consumer, width)

@@ -13,13 +13,10 @@ from typing import Any
 import yaml
 
 from sparsenet.errors import SparseNetError
+from sparsenet.models import LAYER_NAMES
+from sparsenet.pruning import METHODS, SCHEDULES, SCOPES, STRUCTURES
 
 DATA_SOURCES = ("fashion-mnist", "folder", "synthetic")
-PRUNE_METHODS = ("magnitude", "random", "structured")
-PRUNE_STRUCTURES = ("filters", "channels")
-PRUNE_SCOPES = ("layer", "global")
-PRUNE_SCHEDULES = ("constant", "linear", "cubic")
-LAYER_NAMES = ("conv1", "conv2", "fc1", "fc2", "fc3")
 
 
 class ConfigError(SparseNetError):
@@ -141,10 +138,10 @@ def _check_values(cfg: Config, source: str) -> None:
             fail(key, value, f"a number >= {low}")
 
     one_of("data.source", cfg.data.source, DATA_SOURCES)
-    one_of("prune.method", cfg.prune.method, PRUNE_METHODS)
-    one_of("prune.structure", cfg.prune.structure, PRUNE_STRUCTURES)
-    one_of("prune.scope", cfg.prune.scope, PRUNE_SCOPES)
-    one_of("prune.schedule", cfg.prune.schedule, PRUNE_SCHEDULES)
+    one_of("prune.method", cfg.prune.method, METHODS)
+    one_of("prune.structure", cfg.prune.structure, STRUCTURES)
+    one_of("prune.scope", cfg.prune.scope, SCOPES)
+    one_of("prune.schedule", cfg.prune.schedule, SCHEDULES)
     for name in cfg.prune.exclude:
         one_of("prune.exclude", name, LAYER_NAMES)
     if set(cfg.prune.exclude) >= set(LAYER_NAMES):

@@ -17,6 +17,7 @@ from torch import nn
 
 # Widths of the classic LeNet: conv1 filters, conv2 filters, fc1 units, fc2 units.
 LENET_WIDTHS: tuple[int, int, int, int] = (6, 16, 120, 84)
+LAYER_NAMES = ("conv1", "conv2", "fc1", "fc2", "fc3")  # input to output
 KERNEL_SIZE = 5
 
 
@@ -190,7 +191,7 @@ def lenet_from_state_dict(state: dict[str, torch.Tensor], sparse: bool, image_si
     when the state dict is not a LeNet of that size (or holds no masks when ``sparse``).
     """
     try:
-        widths = tuple(int(state[f"{name}.weight"].shape[0]) for name in ("conv1", "conv2", "fc1", "fc2"))
+        widths = tuple(int(state[f"{name}.weight"].shape[0]) for name in LAYER_NAMES[:-1])
         classes, flat = int(state["fc3.weight"].shape[0]), int(state["fc1.weight"].shape[1])
         in_channels = int(state["conv1.weight"].shape[1])
     except (KeyError, AttributeError, IndexError):

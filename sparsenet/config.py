@@ -56,6 +56,7 @@ class PruneConfig:
     scope: str = "global"
     schedule: str = "linear"
     exclude: list = field(default_factory=list)
+    rewind: str = "none"
     sparsity: float = 0.9
     epochs: int = 2
     finetune_epochs: int = 1
@@ -120,6 +121,8 @@ def _coerce(key: str, value: Any, kind: type, source: str) -> Any:
         return list(value)
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
+    if kind is str and isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)  # e.g. prune.rewind: 2
     if not isinstance(value, kind) or isinstance(value, bool):
         raise ConfigError(f"{source}: {key} = {value!r} must be a {kind.__name__}")
     return value
@@ -144,6 +147,9 @@ def _check_values(cfg: Config, source: str) -> None:
     one_of("prune.schedule", cfg.prune.schedule, SCHEDULES)
     for name in cfg.prune.exclude:
         one_of("prune.exclude", name, LAYER_NAMES)
+    rewind = cfg.prune.rewind
+    if rewind not in ("none", "init") and not (rewind.isdigit() and 1 <= int(rewind) <= cfg.train.epochs):
+        fail("prune.rewind", rewind, f"none, init or a dense epoch number 1..{cfg.train.epochs} (train.epochs)")
     if set(cfg.prune.exclude) >= set(LAYER_NAMES):
         fail("prune.exclude", cfg.prune.exclude, "a list that leaves at least one layer to prune")
     if not 0.0 <= cfg.prune.sparsity < 1.0:

@@ -161,6 +161,13 @@ class SparseNet(LeNet):
         for _, layer in self.sparse_layers():
             layer.apply_mask()
 
+    @torch.no_grad()
+    def rewind(self, state: dict[str, torch.Tensor]) -> None:
+        """Reset every weight and bias to ``state``'s value, keeping the masks (lottery tickets)."""
+        for name, param in self.named_parameters():
+            param.copy_(state[name].to(param.device))
+        self.apply_masks()
+
 
 def sparse_layers(model: nn.Module) -> Iterator[tuple[str, SparseConv2d | SparseLinear]]:
     """(name, module) of every sparse layer of any model, in registration order."""

@@ -35,6 +35,7 @@ class Paths:
 
     prepared: Path = Path("data/prepared")
     dense_model: Path = Path("models/dense.pt")
+    dense_history: Path = Path("models/dense_history.pt")
     sparse_model: Path = Path("models/sparse.pt")
     compact_model: Path = Path("models/compact.pt")
     dense_log: Path = Path("logs/train_dense")
@@ -112,18 +113,37 @@ def train_dense(cfg: Config, paths: Paths = Paths()) -> list[dict]:
     dataset, meta = load_prepared(paths.prepared)
     model = LeNet(len(dataset.classes), dataset.image_size).to(device, memory_format=torch.channels_last)
     train, test = _loaders(dataset, meta, cfg.train.batch_size, cfg.seed, device)
+    # Weights at initialisation and after every epoch: the points prune.rewind can go back to.
+    snapshots = {f"init.{k}": v for k, v in _plain_state(model).items()}
+
+    def snapshot(epoch: int, _: dict) -> None:
+        snapshots.update({f"epoch{epoch}.{k}": v for k, v in _plain_state(model).items()})
+
     with _new_live(paths.dense_log) as live:
         history = fit(model, train, test, cfg.train.epochs, cfg.train.lr, desc="train_dense",
-                      log=_live_logger(live))
+                      after_epoch=snapshot, log=_live_logger(live))
     save_checkpoint(paths.dense_model, _plain_state(model))
+    save_checkpoint(paths.dense_history, snapshots)
     return history
+
+
+def rewind_state(history: dict[str, torch.Tensor], point: str) -> dict[str, torch.Tensor]:
+    """The dense weights at ``point`` (``init`` or an epoch number) from ``dense_history.pt``."""
+    prefix = "init." if point == "init" else f"epoch{point}."
+    state = {k[len(prefix):]: v for k, v in history.items() if k.startswith(prefix)}
+    if not state:
+        points = sorted({k.split(".", 1)[0] for k in history})
+        raise SparseNetError(f"prune.rewind = '{point}': not in the dense training history (has: {', '.join(points)})")
+    return state
 
 
 def prune_train(cfg: Config, paths: Paths = Paths()) -> list[dict]:
     """SparseNet from the dense weights; train, then prune on schedule, after every epoch.
 
     Each of the ``prune.epochs`` rounds trains one epoch, records the test accuracy, prunes to
-    the round's scheduled sparsity and records the test accuracy again.  ``prune.finetune_epochs``
+    the round's scheduled sparsity and records the test accuracy again; with ``prune.rewind`` the
+    surviving weights then go back to their dense values at initialisation or that epoch.
+    ``prune.finetune_epochs``
     further epochs then train with the final masks fixed.  Every record holds ``sparsity``.
     """
     seed_everything(cfg.seed)
@@ -134,6 +154,7 @@ def prune_train(cfg: Config, paths: Paths = Paths()) -> list[dict]:
     net = SparseNet.from_dense(dense).to(device, memory_format=torch.channels_last)
     train, test = _loaders(dataset, meta, cfg.train.batch_size, cfg.seed, device)
     p = cfg.prune
+    rewind_to = None if p.rewind == "none" else rewind_state(load_checkpoint(paths.dense_history), p.rewind)
 
     def prune_after_epoch(epoch: int, record: dict) -> None:
         if epoch <= p.epochs:  # pruning round; later epochs fine-tune the final masks
@@ -142,6 +163,8 @@ def prune_train(cfg: Config, paths: Paths = Paths()) -> list[dict]:
                         exclude=tuple(p.exclude))
             loss, accuracy = evaluate_model(net, test)
             record.update({"test_loss_after_prune": loss, "test_accuracy_after_prune": accuracy})
+            if rewind_to is not None:  # lottery-ticket style: surviving weights restart from there
+                net.rewind(rewind_to)
         record["sparsity"] = analysis.overall_sparsity(analysis.layer_sparsity(net))
 
     with _new_live(paths.prune_log) as live:
@@ -155,8 +178,8 @@ def prune_train(cfg: Config, paths: Paths = Paths()) -> list[dict]:
 
 
 def _plain_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """CPU, contiguous state dict: loadable anywhere with ``weights_only=True``."""
-    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    """A CPU, contiguous copy of the state dict (never aliasing the live parameters)."""
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
 
 
 def load_model(path: Path, sparse: bool, image_size: int, num_classes: int) -> LeNet:

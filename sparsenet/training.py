@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from typing import Callable
@@ -44,20 +45,22 @@ def train_epoch(model: nn.Module, loader: BatchLoader, optimizer: torch.optim.Op
                 loss_fn: nn.Module, desc: str) -> tuple[float, float]:
     """One pass over ``loader``; returns mean training loss and accuracy."""
     model.train()
-    loss_sum, correct, count = 0.0, 0, 0
+    loss_sum, count = 0.0, 0
+    correct = torch.zeros((), dtype=torch.int64, device=next(model.parameters()).device)
     bar = tqdm(loader, desc=desc, unit="batch", leave=False, disable=None)
     for step, (images, labels) in enumerate(bar, start=1):
         logits = model(images)
         loss = loss_fn(logits, labels)
-        if not torch.isfinite(loss):
-            raise SparseNetError(f"{desc}: loss became {loss.item()} at step {step}; lower the learning rate")
+        loss_value = loss.item()  # the step's one read back to the host
+        if not math.isfinite(loss_value):
+            raise SparseNetError(f"{desc}: loss became {loss_value} at step {step}; lower the learning rate")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        loss_sum += loss.item() * len(labels)
-        correct += (logits.argmax(dim=1) == labels).sum().item()
+        loss_sum += loss_value * len(labels)
+        correct += (logits.argmax(dim=1) == labels).sum()
         count += len(labels)
-    return loss_sum / count, correct / count
+    return loss_sum / count, correct.item() / count
 
 
 def fit(model: nn.Module, train: BatchLoader, test: BatchLoader, epochs: int, lr: float,

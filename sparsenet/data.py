@@ -173,18 +173,36 @@ def _class_dirs(root: Path, key: str) -> list[Path]:
     return dirs
 
 
+def _skip_reason(path: Path, class_dir: Path, root: Path) -> str | None:
+    """Why a file in a class folder is not read at all (None: try to decode it)."""
+    if any(part.startswith(".") for part in path.relative_to(class_dir).parts):
+        return "hidden file"
+    target = path.resolve()
+    if root.resolve() not in target.parents:  # a symlink (of the file or a folder) leading out
+        return f"links to {target}, outside {root}"
+    if not path.exists():
+        return "broken symlink"
+    if path.stat().st_size == 0:
+        return "empty file (0 bytes)"
+    return None
+
+
 def _read_split(root: Path, key: str, classes: list[str], image_size: int,
-                skipped: list[dict[str, str]], every_class: bool) -> Split:
+                skipped: list[dict[str, str]]) -> Split:
     files: list[tuple[Path, int]] = []
-    for class_dir in _class_dirs(root, key):
+    class_dirs = _class_dirs(root, key)
+    for class_dir in class_dirs:
         label = classes.index(class_dir.name)
         for path in sorted(class_dir.rglob("*")):
-            if path.is_dir():
+            if path.is_dir() and not path.is_symlink():
                 continue
-            if any(part.startswith(".") for part in path.relative_to(class_dir).parts):
-                skipped.append({"path": str(path), "reason": "hidden file"})
-                continue
-            files.append((path, label))
+            reason = _skip_reason(path, class_dir, root)
+            if reason is None and path.is_dir():
+                reason = "symlinked folder, not followed"
+            if reason is None:
+                files.append((path, label))
+            else:
+                skipped.append({"path": str(path), "reason": reason})
     images, labels = [], []
     for path, label in tqdm(files, desc=f"prepare {root.name}", unit="img", disable=None):
         try:
@@ -194,9 +212,10 @@ def _read_split(root: Path, key: str, classes: list[str], image_size: int,
             skipped.append({"path": str(path), "reason": f"{type(exc).__name__}: {exc}"})
     if not images:
         raise SparseNetError(f"{key} = '{root}': no readable images (see the skipped files in the prepare report)")
-    for index, name in enumerate(classes):
-        if every_class and index not in labels:
-            raise SparseNetError(f"{key} = '{root}': class folder '{name}' has no readable images")
+    for class_dir in class_dirs:
+        if classes.index(class_dir.name) not in labels:
+            raise SparseNetError(f"{key} = '{root}': class folder '{class_dir.name}' has no readable images; "
+                                 "add images or remove the folder")
     return Split(torch.from_numpy(np.stack(images)), torch.tensor(labels, dtype=torch.int64))
 
 
@@ -211,8 +230,8 @@ def load_folder(train_dir: str | Path, test_dir: str | Path, image_size: int) ->
             f"(train classes: {', '.join(classes)})"
         )
     skipped: list[dict[str, str]] = []
-    train = _read_split(train_dir, "data.train_dir", classes, image_size, skipped, every_class=True)
-    test = _read_split(test_dir, "data.test_dir", classes, image_size, skipped, every_class=False)
+    train = _read_split(train_dir, "data.train_dir", classes, image_size, skipped)
+    test = _read_split(test_dir, "data.test_dir", classes, image_size, skipped)
     return Dataset(train, test, classes, skipped)
 
 

@@ -15,6 +15,7 @@ import yaml
 from sparsenet.errors import SparseNetError
 from sparsenet.models import LAYER_NAMES
 from sparsenet.pruning import METHODS, SCHEDULES, SCOPES, STRUCTURES
+from sparsenet.training import LR_SCHEDULES
 
 DATA_SOURCES = ("fashion-mnist", "folder", "synthetic")
 
@@ -46,7 +47,8 @@ class DataConfig:
 class TrainConfig:
     epochs: int = 4
     batch_size: int = 128
-    lr: float = 1e-3
+    lr: float = 2e-3
+    lr_schedule: str = "cosine"
 
 
 @dataclass(frozen=True)
@@ -54,13 +56,14 @@ class PruneConfig:
     method: str = "magnitude"
     structure: str = "filters"
     scope: str = "global"
-    schedule: str = "linear"
+    schedule: str = "cubic"
     exclude: list = field(default_factory=list)
     rewind: str = "none"
-    sparsity: float = 0.9
-    epochs: int = 2
+    sparsity: float = 0.95
+    epochs: int = 3
     finetune_epochs: int = 1
-    lr: float = 5e-4
+    lr: float = 1e-3
+    lr_schedule: str = "constant"
 
 
 @dataclass(frozen=True)
@@ -145,6 +148,8 @@ def _check_values(cfg: Config, source: str) -> None:
     one_of("prune.structure", cfg.prune.structure, STRUCTURES)
     one_of("prune.scope", cfg.prune.scope, SCOPES)
     one_of("prune.schedule", cfg.prune.schedule, SCHEDULES)
+    one_of("train.lr_schedule", cfg.train.lr_schedule, LR_SCHEDULES)
+    one_of("prune.lr_schedule", cfg.prune.lr_schedule, LR_SCHEDULES)
     for name in cfg.prune.exclude:
         one_of("prune.exclude", name, LAYER_NAMES)
     rewind = cfg.prune.rewind

@@ -6,8 +6,8 @@
 ``sweep`` queues ``dvc exp run --queue -S prune.method=M -S prune.sparsity=S`` for every pair
 (structured once per structure), starts the queue (``dvc queue start``) and waits for it.
 ``plot`` reads the results back with ``dvc exp show --json`` — no separate tracker — and writes
-``plots/frontier.png`` (test accuracy vs sparsity, one line per method, dense accuracy as
-reference) and ``plots/frontier.csv`` (the points).
+``plots/frontier.png`` (test accuracy vs sparsity, one line per method, the dense and the
+same-epochs control accuracy as references) and ``plots/frontier.csv`` (the points).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from sparsenet.io import write_text
 DEFAULT_METHODS = ("magnitude", "random", "structured")
 DEFAULT_SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98)
 COLUMNS = ("experiment", "line", "method", "structure", "scope", "schedule", "target_sparsity",
-           "sparsity", "accuracy", "dense_accuracy")
+           "sparsity", "accuracy", "dense_accuracy", "control_accuracy")
 
 
 def _dvc(*args: str, capture: bool = False) -> str:
@@ -98,6 +98,7 @@ def collect_points(exp_show: list) -> list[dict]:
             "schedule": prune.get("schedule", "linear"), "target_sparsity": prune.get("sparsity"),
             "sparsity": metrics["sparse"]["sparsity"], "accuracy": metrics["sparse"]["accuracy"],
             "dense_accuracy": metrics["dense"]["accuracy"],
+            "control_accuracy": (metrics.get("control") or {}).get("accuracy"),
         }
         key = (line, row["schedule"], row["target_sparsity"], round(row["accuracy"], 6))
         if key not in seen:

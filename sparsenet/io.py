@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import pickle
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -71,5 +72,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise SparseNetError(f"{path}: checkpoint not found (run the stage that writes it first: dvc repro)")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        raise SparseNetError(f"{path}: not a SparseNet checkpoint (not a torch file, or one holding objects other "
+                             "than tensors and plain values, which are never unpickled)") from None
     except Exception as exc:  # torch raises many types for corrupt / foreign files
-        raise SparseNetError(f"{path}: not a readable SparseNet checkpoint ({type(exc).__name__}: {exc})") from None
+        first_line = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise SparseNetError(f"{path}: not a readable SparseNet checkpoint ({type(exc).__name__}: {first_line})") from None

@@ -210,7 +210,11 @@ def lenet_from_state_dict(state: dict[str, torch.Tensor], sparse: bool, image_si
     if sparse and "conv1.mask" not in state:
         raise ValueError("holds a dense LeNet, expected a SparseNet with masks")
     model = (SparseNet if sparse else LeNet)(classes, image_size, in_channels, widths)
-    model.load_state_dict(state if sparse else {k: v for k, v in state.items() if not k.endswith("mask")})
+    try:
+        model.load_state_dict(state if sparse else {k: v for k, v in state.items() if not k.endswith("mask")})
+    except RuntimeError as exc:  # unexpected / missing keys or shapes: a different architecture
+        detail = " ".join(str(exc).split())
+        raise ValueError(f"not a LeNet of widths {list(widths)}: {detail[:300]}") from None
     return model
 
 

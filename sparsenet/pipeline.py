@@ -6,6 +6,9 @@ step and writes its outputs atomically.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +25,7 @@ from sparsenet.errors import SparseNetError
 from sparsenet.io import load_checkpoint, read_json, save_checkpoint, write_json
 from sparsenet.models import LeNet, SparseNet, default_device, lenet_from_state_dict
 from sparsenet.pruning import prune_model, scheduled_sparsity
+from sparsenet.report import write_report
 from sparsenet.training import evaluate as evaluate_model
 from sparsenet.training import fit, seed_everything
 
@@ -38,11 +42,14 @@ class Paths:
     dense_history: Path = Path("models/dense_history.pt")
     sparse_model: Path = Path("models/sparse.pt")
     compact_model: Path = Path("models/compact.pt")
+    control_model: Path = Path("models/control.pt")
     dense_log: Path = Path("logs/train_dense")
     prune_log: Path = Path("logs/prune_train")
+    control_log: Path = Path("logs/train_control")
     metrics: Path = Path("metrics/evaluate.json")
     speed: Path = Path("metrics/speed.json")
     plots: Path = Path("plots")
+    resume: Path = Path(".sparsenet/resume")  # per-epoch training state; deleted once a stage is done
 
 
 # --------------------------------------------------------------------------- prepare
@@ -92,6 +99,18 @@ def _loaders(dataset: Dataset, meta: dict, batch_size: int, seed: int,
     return train, test
 
 
+def _resume_args(paths: Paths, stage: str, cfg: Config, *inputs: Path) -> dict:
+    """``fit`` arguments that make a training stage resumable after a kill.
+
+    The fingerprint covers the params and the stage's input files, so a checkpoint left by a run
+    with other params or inputs is never resumed.
+    """
+    digest = hashlib.sha256(json.dumps([stage, dataclasses.asdict(cfg)], sort_keys=True).encode())
+    for path in inputs:
+        digest.update(path.read_bytes())
+    return {"checkpoint": paths.resume / f"{stage}.pt", "fingerprint": digest.hexdigest()}
+
+
 def _live_logger(live: Live) -> Callable[[dict], None]:
     def log(record: dict) -> None:
         for key, value in record.items():
@@ -120,10 +139,13 @@ def train_dense(cfg: Config, paths: Paths = Paths()) -> list[dict]:
         snapshots.update({f"epoch{epoch}.{k}": v for k, v in _plain_state(model).items()})
 
     with _new_live(paths.dense_log) as live:
+        resume = _resume_args(paths, "train_dense", cfg, paths.prepared / "meta.json")
         history = fit(model, train, test, cfg.train.epochs, cfg.train.lr, desc="train_dense",
-                      after_epoch=snapshot, log=_live_logger(live))
+                      after_epoch=snapshot, log=_live_logger(live), lr_schedule=cfg.train.lr_schedule,
+                      extra=snapshots, **resume)
     save_checkpoint(paths.dense_model, _plain_state(model))
     save_checkpoint(paths.dense_history, snapshots)
+    resume["checkpoint"].unlink(missing_ok=True)
     return history
 
 
@@ -168,12 +190,40 @@ def prune_train(cfg: Config, paths: Paths = Paths()) -> list[dict]:
         record["sparsity"] = analysis.overall_sparsity(analysis.layer_sparsity(net))
 
     with _new_live(paths.prune_log) as live:
+        resume = _resume_args(paths, "prune_train", cfg, paths.prepared / "meta.json", paths.dense_model,
+                              paths.dense_history)
         history = fit(net, train, test, p.epochs + p.finetune_epochs, p.lr, desc=f"prune_train ({p.method})",
-                      after_epoch=prune_after_epoch, log=_live_logger(live))
+                      after_epoch=prune_after_epoch, log=_live_logger(live), lr_schedule=p.lr_schedule,
+                      **resume)
     save_checkpoint(paths.sparse_model, _plain_state(net))
     small = compact(net)
     save_checkpoint(paths.compact_model, _plain_state(small))
+    resume["checkpoint"].unlink(missing_ok=True)
     print(f"compact model: widths {small.widths} (dense LeNet {net.widths}) -> {paths.compact_model}")
+    return history
+
+
+def train_control(cfg: Config, paths: Paths = Paths()) -> list[dict]:
+    """The fair baseline for ``prune_train``: the dense model trained on without pruning.
+
+    Same start (``models/dense.pt``), epochs (``prune.epochs + prune.finetune_epochs``), learning
+    rate, schedule, seed and batch order as ``prune_train``; only the pruning is missing.  So the
+    control has seen as many epochs in total as the pruned model, and ``evaluate`` reports the
+    pruned accuracy against it (``accuracy_drop_vs_control``) as well as against the dense model.
+    """
+    seed_everything(cfg.seed)
+    device = default_device()
+    dataset, meta = load_prepared(paths.prepared)
+    model = load_model(paths.dense_model, sparse=False, image_size=dataset.image_size,
+                       num_classes=len(dataset.classes))
+    train, test = _loaders(dataset, meta, cfg.train.batch_size, cfg.seed, device)
+    p = cfg.prune
+    with _new_live(paths.control_log) as live:
+        resume = _resume_args(paths, "train_control", cfg, paths.prepared / "meta.json", paths.dense_model)
+        history = fit(model, train, test, p.epochs + p.finetune_epochs, p.lr, desc="train_control",
+                      log=_live_logger(live), lr_schedule=p.lr_schedule, **resume)
+    save_checkpoint(paths.control_model, _plain_state(model))
+    resume["checkpoint"].unlink(missing_ok=True)
     return history
 
 
@@ -197,7 +247,7 @@ def load_model(path: Path, sparse: bool, image_size: int, num_classes: int) -> L
 # --------------------------------------------------------------------------- evaluate / visualize
 
 def evaluate(cfg: Config, paths: Paths = Paths()) -> dict:
-    """Accuracy, sparsity and cost of the dense, sparse and compact models; CPU/GPU speed.
+    """Accuracy, sparsity and cost of the dense, sparse, compact and control models; speed.
 
     ``metrics/evaluate.json`` is deterministic (same params + seed → same file);
     measured timings go to ``metrics/speed.json``.
@@ -212,7 +262,8 @@ def evaluate(cfg: Config, paths: Paths = Paths()) -> dict:
     }
     metrics: dict = {}
     speed: dict = {"device": str(default_device()), "batch_size": SPEED_BATCH_SIZE}
-    for name, (path, model) in models.items():
+    control = load_model(paths.control_model, False, size, classes)
+    for name, (path, model) in [*models.items(), ("control", (paths.control_model, control))]:
         loss, accuracy = evaluate_model(model, test)
         cost = analysis.model_cost(model, size)
         metrics[name] = {"accuracy": accuracy, "loss": loss, "params": cost.params,
@@ -225,6 +276,7 @@ def evaluate(cfg: Config, paths: Paths = Paths()) -> dict:
     metrics["sparse"].update({
         "sparsity": analysis.overall_sparsity(layers),
         "accuracy_drop": metrics["dense"]["accuracy"] - metrics["sparse"]["accuracy"],
+        "accuracy_drop_vs_control": metrics["control"]["accuracy"] - metrics["sparse"]["accuracy"],
         "layers": {layer.name: {"sparsity": layer.sparsity, "zeros": layer.zeros, "total": layer.total}
                    for layer in layers},
     })
@@ -232,7 +284,8 @@ def evaluate(cfg: Config, paths: Paths = Paths()) -> dict:
     speed["speedup"] = speed["compact"]["images_per_second"] / speed["dense"]["images_per_second"]
     write_json(paths.metrics, metrics)
     write_json(paths.speed, speed)
-    print(f"dense accuracy {metrics['dense']['accuracy']:.4f} | sparse accuracy {metrics['sparse']['accuracy']:.4f} "
+    print(f"dense accuracy {metrics['dense']['accuracy']:.4f} | control (dense, same epochs) "
+          f"{metrics['control']['accuracy']:.4f} | sparse accuracy {metrics['sparse']['accuracy']:.4f} "
           f"at sparsity {metrics['sparse']['sparsity']:.4f} -> {paths.metrics}")
     print(f"compact model: {metrics['compact']['macs'] / metrics['dense']['macs']:.2f}x the dense MACs, "
           f"{speed['speedup']:.2f}x its inference speed ({speed['device']}) -> {paths.speed}")
@@ -240,24 +293,28 @@ def evaluate(cfg: Config, paths: Paths = Paths()) -> dict:
 
 
 def visualize(cfg: Config, paths: Paths = Paths()) -> list[Path]:
-    """Draw every figure under ``plots/`` from what the earlier steps wrote."""
+    """Draw every figure under ``plots/`` and ``plots/report.md`` from what the earlier steps wrote."""
     _, meta = load_prepared(paths.prepared)
     size, classes = meta["image_size"], len(meta["classes"])
     dense = load_model(paths.dense_model, sparse=False, image_size=size, num_classes=classes)
     sparse = load_model(paths.sparse_model, sparse=True, image_size=size, num_classes=classes)
     dense_history = plots.read_live_history(paths.dense_log)
     prune_history = plots.read_live_history(paths.prune_log)
+    control_history = plots.read_live_history(paths.control_log)
     metrics = read_json(paths.metrics)
     p = cfg.prune
     title = f"{p.method}, {p.structure if p.method == 'structured' else p.scope + ' scope'}, target {p.sparsity:g}"
     out = paths.plots
     written = [
         plots.loss_curves(dense_history, prune_history, out / "loss_curves.png", title),
-        plots.accuracy_per_round(prune_history, metrics["dense"]["accuracy"], out / "accuracy_per_round.png", title),
+        plots.accuracy_per_round(prune_history, control_history, metrics["dense"]["accuracy"],
+                                 out / "accuracy_per_round.png", title),
         plots.sparsity_heatmaps(sparse, out / "sparsity_heatmaps.png", title),
         plots.zero_weights(analysis.layer_sparsity(sparse), out / "zero_weights.png", title),
         plots.conv1_filters(dense, sparse, out / "conv1_filters.png", title),
     ]
+    speed = read_json(paths.speed) if paths.speed.is_file() else {}
+    written.append(write_report(cfg, metrics, speed, written, out / "report.md"))
     for path in written:
         print(f"wrote {path}")
     return written
@@ -269,6 +326,7 @@ STEPS: dict[str, Callable[[Config, Paths], object]] = {
     "prepare": prepare,
     "train_dense": train_dense,
     "prune_train": prune_train,
+    "train_control": train_control,
     "evaluate": evaluate,
     "visualize": visualize,
 }

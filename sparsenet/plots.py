@@ -59,12 +59,18 @@ def loss_curves(dense: pd.DataFrame, pruned: pd.DataFrame, path: Path, method: s
     return _save(fig, path)
 
 
-def accuracy_per_round(pruned: pd.DataFrame, dense_accuracy: float, path: Path, method: str) -> Path:
-    """Test accuracy after each round's training and right after its pruning, with sparsity."""
+def accuracy_per_round(pruned: pd.DataFrame, control: pd.DataFrame, dense_accuracy: float, path: Path,
+                       method: str) -> Path:
+    """Test accuracy after each round's training and right after its pruning, with sparsity.
+
+    ``control`` is the dense model trained for the same epochs without pruning.
+    """
     fig, ax = plt.subplots(figsize=(8, 4.5))
     rounds = pruned["epoch"]
     ax.plot(rounds, 100 * pruned["test_accuracy"], "o-", label="after the round's training")
     ax.plot(rounds, 100 * pruned["test_accuracy_after_prune"], "v-", color="C3", label="right after pruning")
+    ax.plot(control["epoch"], 100 * control["test_accuracy"], "s:", color="C2",
+            label="control: dense, same epochs, no pruning")
     ax.axhline(100 * dense_accuracy, color="grey", ls="--", label=f"dense model ({100 * dense_accuracy:.2f}%)")
     ax.set(xlabel="prune_train epoch (pruning rounds, then fine-tuning with fixed masks)",
            ylabel="test accuracy (%)", title=f"Accuracy per pruning round — {method}")
@@ -139,7 +145,7 @@ def conv1_filters(dense: LeNet, sparse: LeNet, path: Path, method: str) -> Path:
 
 
 def frontier_figure(rows: list[dict], path: Path) -> Path:
-    """Test accuracy vs measured sparsity, one line per method, dense accuracy as reference."""
+    """Test accuracy vs measured sparsity, one line per method; dense and control accuracy as references."""
     frame = pd.DataFrame(rows)
     fig, ax = plt.subplots(figsize=(8, 5))
     for (line, schedule), group in frame.groupby(["line", "schedule"]):
@@ -148,6 +154,9 @@ def frontier_figure(rows: list[dict], path: Path) -> Path:
         ax.plot(100 * group["sparsity"], 100 * group["accuracy"], "o-", label=label)
     dense = frame["dense_accuracy"].median()
     ax.axhline(100 * dense, color="grey", ls="--", label=f"dense LeNet ({100 * dense:.2f}%)")
+    control = pd.to_numeric(frame["control_accuracy"], errors="coerce").median()
+    if control == control:  # not NaN: runs with a train_control stage
+        ax.axhline(100 * control, color="k", ls=":", label=f"dense, same total epochs ({100 * control:.2f}%)")
     ax.set(xlabel="sparsity: zero weights over all pruned layers (%)", ylabel="test accuracy (%)",
            title="Accuracy–sparsity frontier")
     ax.legend(fontsize=9)

@@ -5,18 +5,23 @@ from __future__ import annotations
 import math
 import random
 import time
-from typing import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from sparsenet.data import BatchLoader
 from sparsenet.errors import SparseNetError
+from sparsenet.io import load_checkpoint, save_checkpoint
 from sparsenet.models import enforce_masks_after_steps
 
+if TYPE_CHECKING:  # config imports this module's names, and data imports config
+    from sparsenet.data import BatchLoader
+
 EpochHook = Callable[[int, dict], None]
+LR_SCHEDULES = ("constant", "cosine")
 
 
 def seed_everything(seed: int) -> None:
@@ -42,43 +47,100 @@ def evaluate(model: nn.Module, loader: BatchLoader) -> tuple[float, float]:
 
 
 def train_epoch(model: nn.Module, loader: BatchLoader, optimizer: torch.optim.Optimizer,
-                loss_fn: nn.Module, desc: str) -> tuple[float, float]:
-    """One pass over ``loader``; returns mean training loss and accuracy."""
+                loss_fn: nn.Module, desc: str,
+                scheduler: torch.optim.lr_scheduler.LRScheduler | None = None) -> tuple[float, float]:
+    """One pass over ``loader``; returns mean training loss and accuracy.
+
+    ``scheduler`` (if given) steps after every optimizer step.  A non-finite loss raises
+    :class:`NonFiniteLoss` naming ``desc`` and the step, before the weights are touched.
+    """
     model.train()
     loss_sum, count = 0.0, 0
     correct = torch.zeros((), dtype=torch.int64, device=next(model.parameters()).device)
-    bar = tqdm(loader, desc=desc, unit="batch", leave=False, disable=None)
-    for step, (images, labels) in enumerate(bar, start=1):
+    # Images (not batches) as the unit: the bar shows img/s and the ETA; off when not a terminal.
+    bar = tqdm(total=len(loader.split), desc=desc, unit="img", unit_scale=True, leave=False, disable=None)
+    for step, (images, labels) in enumerate(loader, start=1):
         logits = model(images)
         loss = loss_fn(logits, labels)
         loss_value = loss.item()  # the step's one read back to the host
         if not math.isfinite(loss_value):
-            raise SparseNetError(f"{desc}: loss became {loss_value} at step {step}; lower the learning rate")
+            raise NonFiniteLoss(f"{desc}, step {step}: loss became {loss_value}; lower the learning rate")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
         loss_sum += loss_value * len(labels)
         correct += (logits.argmax(dim=1) == labels).sum()
         count += len(labels)
+        bar.update(len(labels))
+    bar.close()
     return loss_sum / count, correct.item() / count
+
+
+class NonFiniteLoss(SparseNetError):
+    """Training diverged (loss NaN or infinite)."""
+
+
+def lr_scheduler(optimizer: torch.optim.Optimizer, schedule: str,
+                 total_steps: int) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """``constant``: none; ``cosine``: the learning rate falls from its start to 0 over ``total_steps``."""
+    if schedule == "constant":
+        return None
+    if schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total_steps, 1))
+    raise ValueError(f"unknown learning-rate schedule {schedule!r}; expected one of: {', '.join(LR_SCHEDULES)}")
 
 
 def fit(model: nn.Module, train: BatchLoader, test: BatchLoader, epochs: int, lr: float,
         desc: str = "train", after_epoch: EpochHook | None = None,
-        log: Callable[[dict], None] | None = None) -> list[dict]:
+        log: Callable[[dict], None] | None = None, lr_schedule: str = "constant",
+        checkpoint: Path | None = None, fingerprint: str = "",
+        extra: dict[str, torch.Tensor] | None = None) -> list[dict]:
     """Adam + CrossEntropyLoss for ``epochs`` epochs; returns one record per epoch.
+
+    ``lr_schedule`` is ``constant`` or ``cosine`` (per step, from ``lr`` down to 0 at the end).
 
     Each record holds ``epoch``, ``train_loss``, ``train_accuracy``, ``test_loss``,
     ``test_accuracy``; ``after_epoch(epoch, record)`` may prune the model and add keys to the
     record before ``log(record)`` is called.  Sparse layers' masks hold after every step.
+
+    With ``checkpoint``, everything needed to go on (model and masks, optimizer, schedule, RNG
+    states, the records so far and the caller's ``extra`` tensors) is saved there, atomically,
+    after every epoch.  If that file already holds a run with the same ``fingerprint``, training
+    resumes after its last epoch — replaying its records to ``log`` and refilling ``extra`` — and
+    ends exactly as an uninterrupted run would.  The file is left for the caller to delete once
+    its outputs are safe.
     """
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     enforce_masks_after_steps(optimizer, model)
+    scheduler = lr_scheduler(optimizer, lr_schedule, epochs * len(train))
     loss_fn = nn.CrossEntropyLoss()
-    history = []
-    for epoch in tqdm(range(1, epochs + 1), desc=desc, unit="epoch", disable=None):
+    extra = {} if extra is None else extra
+    history: list[dict] = []
+    saved = _load_training_state(checkpoint, fingerprint)
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(saved["scheduler"])
+        _set_rng_states(saved["rng"], train)
+        extra.update(saved["extra"])
+        history = list(saved["history"])
+        for record in history:
+            if log is not None:
+                log(record)
+        tqdm.write(f"{desc}: resuming after epoch {len(history)} of {epochs} from {checkpoint}")
+    for epoch in tqdm(range(len(history) + 1, epochs + 1), desc=desc, unit="epoch", disable=None,
+                      initial=len(history), total=epochs):
         started = time.perf_counter()
-        train_loss, train_acc = train_epoch(model, train, optimizer, loss_fn, f"{desc} epoch {epoch}")
+        epoch_desc = f"{desc} epoch {epoch}"
+        try:
+            train_loss, train_acc = train_epoch(model, train, optimizer, loss_fn, epoch_desc, scheduler)
+        except NonFiniteLoss as exc:
+            kept = (f"; the last good checkpoint (epoch {len(history)}) is kept in {checkpoint}"
+                    if checkpoint is not None and history else "")
+            raise NonFiniteLoss(f"{exc}{kept}") from None
         test_loss, test_acc = evaluate(model, test)
         record = {"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc,
                   "test_loss": test_loss, "test_accuracy": test_acc}
@@ -87,6 +149,49 @@ def fit(model: nn.Module, train: BatchLoader, test: BatchLoader, epochs: int, lr
         history.append(record)
         if log is not None:
             log(record)
+        if checkpoint is not None:
+            save_checkpoint(checkpoint, {
+                "fingerprint": fingerprint, "history": history, "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict() if scheduler is not None else {},
+                "rng": _rng_states(train), "extra": extra,
+            })
         tqdm.write(f"{desc} epoch {epoch}/{epochs} ({time.perf_counter() - started:.1f}s): " + ", ".join(
             f"{k} {v:.4f}" for k, v in record.items() if k != "epoch"))
     return history
+
+
+def _rng_states(train: BatchLoader) -> dict:
+    numpy_state = np.random.get_state()
+    return {
+        "loader": train.generator.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "python": random.getstate(),
+        "numpy": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]],
+    }
+
+
+def _set_rng_states(states: dict, train: BatchLoader) -> None:
+    train.generator.set_state(states["loader"])
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    random.setstate(states["python"])
+    name, keys, *rest = states["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
+
+
+def _load_training_state(checkpoint: Path | None, fingerprint: str) -> dict | None:
+    """The saved state to resume from, or None (no file, or one from a different run)."""
+    if checkpoint is None or not checkpoint.is_file():
+        return None
+    try:
+        saved = load_checkpoint(checkpoint)
+    except SparseNetError as exc:
+        tqdm.write(f"ignoring unreadable resume checkpoint: {exc}")
+        return None
+    if saved.get("fingerprint") != fingerprint:
+        tqdm.write(f"ignoring {checkpoint}: it belongs to a run with other params or inputs")
+        return None
+    return saved

@@ -87,10 +87,13 @@ def project(tmp_path_factory):
 
 def test_repro_runs_every_stage_and_writes_metrics(project):
     root, _, repro, _ = project
-    for stage in ("prepare", "train_dense", "prune_train", "evaluate", "visualize"):
+    for stage in ("prepare", "train_dense", "prune_train", "train_control", "evaluate", "visualize"):
         assert f"Running stage '{stage}'" in repro.stdout
     metrics = json.loads((root / "metrics" / "evaluate.json").read_text())
     assert 0.25 < metrics["dense"]["accuracy"] <= 1.0
+    assert 0.25 < metrics["control"]["accuracy"] <= 1.0
+    assert metrics["sparse"]["accuracy_drop_vs_control"] == pytest.approx(
+        metrics["control"]["accuracy"] - metrics["sparse"]["accuracy"])
     assert 0.0 <= metrics["sparse"]["accuracy"] <= 1.0
     assert set(metrics["sparse"]["layers"]) == {"conv1", "conv2", "fc1", "fc2", "fc3"}
     for name, layer in metrics["sparse"]["layers"].items():
@@ -119,6 +122,39 @@ def test_repro_writes_checkpoints_logs_and_plots(project):
     assert len(rounds.read_text().splitlines()) == 1 + SMALL["prune"]["epochs"]
     report = json.loads((root / "data" / "prepared" / "report.json").read_text())
     assert report["train_images"] == 256 and report["skipped_count"] == 0
+    control_log = root / "logs" / "train_control" / "plots" / "metrics" / "test" / "accuracy.tsv"
+    assert len(control_log.read_text().splitlines()) == 1 + SMALL["prune"]["epochs"] + SMALL["prune"]["finetune_epochs"]
+    assert not (root / ".sparsenet" / "resume").exists() or not any((root / ".sparsenet" / "resume").iterdir())
+
+
+def test_report_ties_the_metrics_to_every_figure(project):
+    root, _, _, _ = project
+    report = (root / "plots" / "report.md").read_text()
+    metrics = json.loads((root / "metrics" / "evaluate.json").read_text())
+    assert report.startswith("# SparseNet run: magnitude pruning (layer scope), target sparsity 0.8")
+    assert f"**Sparse test accuracy {metrics['sparse']['accuracy']:.2%}" in report
+    assert f"| dense LeNet (train_dense) | {metrics['dense']['accuracy']:.2%} |" in report
+    assert "| fc1 | 0.80 | 38,400 | 48,000 |" in report
+    for name in PLOTS:
+        assert f"]({name})" in report and (root / "plots" / name).is_file()
+
+
+def test_cli_runs_the_same_steps_and_inspects_checkpoints(project, tmp_path):
+    root, env, _, _ = project
+    cli = str(Path(sys.executable).parent / "sparsenet")
+    before = (root / "metrics" / "evaluate.json").read_text()
+    run([cli, "evaluate"], root, env)
+    assert (root / "metrics" / "evaluate.json").read_text() == before, "same code path as the stage"
+    sparse = run([cli, "inspect", "models/sparse.pt"], root, env).stdout
+    assert "models/sparse.pt: SparseNet (masked), 4 classes, input 3x32x32, widths [6, 16, 120, 84]" in sparse
+    assert "fc1 (sparsity = 0.80): 38400 weights are zero out of 48000" in sparse
+    assert "overall sparsity 0.80" in sparse
+    dense = run([cli, "inspect", "models/dense.pt", "models/compact.pt", "models/dense_history.pt"], root, env).stdout
+    assert "models/dense.pt: LeNet (dense)" in dense and "fc1 (sparsity = 0.00): 0 weights are zero" in dense
+    assert "models/dense_history.pt: dense weights at init, epoch1, epoch2" in dense
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    bad = run([cli, "inspect", str(tmp_path / "junk.pt")], root, env, check=False)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: ") and len(bad.stderr.splitlines()) == 1
 
 
 def test_repro_again_is_a_no_op_and_the_summary_reads_the_results(project):
@@ -135,6 +171,7 @@ def test_exp_run_reruns_only_the_stages_that_read_prune_params(project):
     exp = run(dvc("exp", "run", "-S", "prune.method=random"), root, env)
     assert "Running stage 'prepare'" not in exp.stdout
     assert "Running stage 'train_dense'" not in exp.stdout
+    assert "Running stage 'train_control'" not in exp.stdout
     for stage in ("prune_train", "evaluate", "visualize"):
         assert f"Running stage '{stage}'" in exp.stdout
     diff = json.loads(run(dvc("metrics", "diff", "--all", "--json"), root, env).stdout)

@@ -1,0 +1,65 @@
+"""``plots/report.md``: one page tying a run's numbers to its figures, readable without DVC."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sparsenet.config import Config
+from sparsenet.io import write_text
+
+MODEL_ROWS = (
+    ("dense", "dense LeNet (train_dense)"),
+    ("control", "control: dense, same total epochs, no pruning (train_control)"),
+    ("sparse", "pruned SparseNet (prune_train)"),
+    ("compact", "compact: pruned structure removed (prune_train)"),
+)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(row) + " |" for row in rows)]
+
+
+def write_report(cfg: Config, metrics: dict, speed: dict, figures: list[Path], out: Path) -> Path:
+    """Write the Markdown report to ``out``; figure links are relative to its folder."""
+    p = cfg.prune
+    how = f"{p.structure}" if p.method == "structured" else f"{p.scope} scope"
+    sparse = metrics["sparse"]
+    lines = [
+        f"# SparseNet run: {p.method} pruning ({how}), target sparsity {p.sparsity:g}",
+        "",
+        f"Data: {cfg.data.source}, {cfg.data.image_size}x{cfg.data.image_size}x3; seed {cfg.seed}. "
+        f"Dense training {cfg.train.epochs} epochs (lr {cfg.train.lr:g}, {cfg.train.lr_schedule}); "
+        f"prune training {p.epochs} pruning rounds ({p.schedule} schedule) + {p.finetune_epochs} fine-tuning "
+        f"epoch(s) (lr {p.lr:g}, {p.lr_schedule}); rewind {p.rewind}; excluded layers: "
+        f"{', '.join(p.exclude) or 'none'}.",
+        "",
+        f"**Sparse test accuracy {sparse['accuracy']:.2%} at {sparse['sparsity']:.2%} sparsity**: "
+        f"{-sparse['accuracy_drop'] * 100:+.2f} points vs the dense model, "
+        f"{-sparse['accuracy_drop_vs_control'] * 100:+.2f} vs the control (dense, trained for as many "
+        "epochs in total).",
+        "",
+        "## Models",
+        "",
+    ]
+    rows = []
+    for key, label in MODEL_ROWS:
+        m = metrics[key]
+        rate = speed.get(key, {}).get("images_per_second")
+        rows.append([label, f"{m['accuracy']:.2%}", f"{m['nonzero_params']:,} / {m['params']:,}",
+                     f"{m['macs']:,}", f"{m['nonzero_macs']:,}", f"{m['checkpoint_bytes']:,}",
+                     f"{rate:,.0f}" if rate else "—"])
+    lines += _table(["model", "test accuracy", "non-zero / all params", "MACs per image",
+                     "MACs over non-zero weights", "checkpoint bytes", f"img/s ({speed.get('device', '?')})"], rows)
+    lines += ["", f"Compact vs dense inference speed: **{speed.get('speedup', float('nan')):.2f}x** "
+              f"(batch {speed.get('batch_size', '?')}, median of repeats). Compact widths "
+              f"{metrics['compact']['widths']}.", "", "## Sparsity per layer", ""]
+    lines += _table(["layer", "sparsity", "zero weights", "weights"],
+                    [[name, f"{layer['sparsity']:.2f}", f"{layer['zeros']:,}", f"{layer['total']:,}"]
+                     for name, layer in sparse["layers"].items()])
+    lines += ["", "## Figures", ""]
+    for figure in figures:
+        lines += [f"### {figure.stem.replace('_', ' ')}", "", f"![{figure.stem}]({figure.relative_to(out.parent)})",
+                  ""]
+    write_text(out, "\n".join(lines))
+    return out

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PARAMS = {
     "seed": 3,
     "data": {"source": "synthetic", "image_size": 32,
-             "synthetic": {"train_size": 4000, "test_size": 200, "classes": 4}},
+             "synthetic": {"train_size": 2000, "test_size": 200, "classes": 4}},
     "train": {"epochs": 5, "batch_size": 64},
     "prune": {"method": "random", "sparsity": 0.8, "schedule": "cubic", "epochs": 3, "finetune_epochs": 2},
 }

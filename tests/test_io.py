@@ -1,0 +1,58 @@
+"""Atomic outputs: a failure or a SIGKILL at any moment leaves the old file or the new one."""
+
+import hashlib
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from sparsenet.errors import SparseNetError
+from sparsenet.io import atomic_path, load_checkpoint, read_json, write_json
+
+WRITER = """
+import sys
+from sparsenet.io import write_bytes
+path, size = sys.argv[1], int(sys.argv[2])
+blocks = [bytes([65]) * size, bytes([66]) * size]
+print("ready", flush=True)
+i = 0
+while True:  # rewrite the file forever, alternating two contents
+    write_bytes(path, blocks[i % 2])
+    i += 1
+"""
+
+
+def test_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path):
+    target = tmp_path / "metrics.json"
+    write_json(target, {"accuracy": 0.9})
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text('{"accura')  # half-written, then the step fails
+            raise RuntimeError("killed mid-write")
+    assert read_json(target) == {"accuracy": 0.9}
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_sigkill_during_writes_never_leaves_a_torn_file(tmp_path):
+    target = tmp_path / "model.pt"
+    size = 8 * 1024 * 1024
+    whole = {hashlib.sha256(bytes([c]) * size).hexdigest() for c in (65, 66)}
+    for delay in (0.05, 0.13, 0.31):
+        writer = subprocess.Popen([sys.executable, "-c", WRITER, str(target), str(size)],
+                                  stdout=subprocess.PIPE, text=True)
+        assert writer.stdout.readline().strip() == "ready"
+        time.sleep(delay)
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
+        assert writer.returncode == -signal.SIGKILL
+        assert hashlib.sha256(target.read_bytes()).hexdigest() in whole
+
+
+def test_torn_or_foreign_checkpoint_is_one_clear_error(tmp_path):
+    torn = tmp_path / "sparse.pt"
+    torn.write_bytes(b"PK\x03\x04" + b"\x00" * 50)  # a zip header cut short
+    with pytest.raises(SparseNetError, match="sparse.pt: not a .*SparseNet checkpoint") as err:
+        load_checkpoint(torn)
+    assert "\n" not in str(err.value)

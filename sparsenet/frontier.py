@@ -70,11 +70,19 @@ def queue_sweep(points: list[dict[str, str]], extra: list[str], jobs: int, poll_
         raise SparseNetError("some sweep experiments failed: see `dvc queue status` and `dvc queue logs <task>`")
 
 
+UNFINISHED = ("queued", "running", "failed")
+
+
 def _entries(exp_show: list) -> Iterator[dict]:
-    """Named experiments first, then their baselines and the workspace (which often repeat one)."""
+    """Finished experiments first, then their baselines and the workspace (which often repeat one).
+
+    A queued or running experiment shows its baseline's metrics until it ends: left out, like
+    failed ones.
+    """
     for entry in exp_show:
         for experiment in entry.get("experiments") or []:
-            yield from experiment.get("revs") or []
+            if (experiment.get("executor") or {}).get("state") not in UNFINISHED:
+                yield from experiment.get("revs") or []
     yield from exp_show
 
 
@@ -136,6 +144,7 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("plot", help="plot every experiment DVC knows about")
     sub.choices["plot"].add_argument("--all-commits", action="store_true",
                                      help="include experiments based on older commits too")
+    sub.choices["plot"].add_argument("--rev", help="experiments based on this commit (default: HEAD)")
     for p in (sweep, sub.choices["plot"]):
         p.add_argument("--png", type=Path, default=Path("plots/frontier.png"))
         p.add_argument("--csv", type=Path, default=Path("plots/frontier.csv"))
@@ -147,6 +156,7 @@ def main(argv: list[str] | None = None) -> None:
                 raise SparseNetError(f"--sparsities {bad} not allowed; expected fractions in [0, 1)")
             queue_sweep(sweep_points(args.methods, args.sparsities, args.structures), args.extra, args.jobs)
         show = ["exp", "show", "--json"] + (["--all-commits"] if getattr(args, "all_commits", False) else [])
+        show += ["--rev", args.rev] if getattr(args, "rev", None) else []
         rows = collect_points(json.loads(_dvc(*show, capture=True)))
         plot_frontier(rows, args.png, args.csv)
     except SparseNetError as exc:

@@ -1,0 +1,39 @@
+"""Reading the frontier back from `dvc exp show --json` (the shape DVC 3 prints)."""
+
+from sparsenet.frontier import collect_points, sweep_points
+
+
+def _rev(name: str, method: str, sparsity: float, accuracy: float) -> dict:
+    return {"rev": name, "name": name, "data": {
+        "params": {"params.yaml": {"data": {"prune": {"method": method, "sparsity": sparsity, "schedule": "cubic"}}}},
+        "metrics": {"metrics/evaluate.json": {"data": {
+            "dense": {"accuracy": 0.91}, "control": {"accuracy": 0.914},
+            "sparse": {"sparsity": sparsity, "accuracy": accuracy}}}},
+    }}
+
+
+def _experiment(state: str | None, rev: dict) -> dict:
+    executor = None if state is None else {"state": state}
+    return {"executor": executor, "name": rev["name"], "revs": [rev]}
+
+
+def test_unfinished_experiments_are_left_out_and_the_baseline_is_not_repeated():
+    baseline = _rev("abc123", "magnitude", 0.95, 0.9121)
+    show = [{"rev": "workspace", "data": baseline["data"], "experiments": None},
+            {**baseline, "experiments": [
+                _experiment("success", _rev("sweep-magnitude-095", "magnitude", 0.95, 0.9121)),
+                _experiment(None, _rev("by-hand", "random", 0.5, 0.90)),
+                _experiment("running", _rev("sweep-random-09", "random", 0.9, 0.9121)),  # baseline's metrics
+                _experiment("queued", _rev("sweep-random-095", "random", 0.95, 0.9121)),
+                _experiment("failed", _rev("sweep-random-098", "random", 0.98, 0.5)),
+            ]}]
+    rows = collect_points(show)
+    assert [(r["experiment"], r["line"], r["accuracy"]) for r in rows] == [
+        ("sweep-magnitude-095", "magnitude (global)", 0.9121), ("by-hand", "random (global)", 0.90)]
+    assert rows[0]["control_accuracy"] == 0.914 and rows[0]["dense_accuracy"] == 0.91
+
+
+def test_sweep_points_cover_methods_and_structures():
+    points = sweep_points(["magnitude", "structured"], [0.5, 0.9], ["filters", "channels"])
+    assert len(points) == 2 + 4
+    assert {"prune.method": "structured", "prune.sparsity": "0.9", "prune.structure": "channels"} in points

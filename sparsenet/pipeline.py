@@ -99,6 +99,19 @@ def _loaders(dataset: Dataset, meta: dict, batch_size: int, seed: int,
     return train, test
 
 
+def _training_start(cfg: Config, paths: Paths) -> tuple[Dataset, BatchLoader, BatchLoader]:
+    """The seeded start of every training stage: the prepared data and its train / test batches."""
+    seed_everything(cfg.seed)
+    dataset, meta = load_prepared(paths.prepared)
+    train, test = _loaders(dataset, meta, cfg.train.batch_size, cfg.seed, default_device())
+    return dataset, train, test
+
+
+def _dense_model(paths: Paths, dataset: Dataset) -> LeNet:
+    return load_model(paths.dense_model, sparse=False, image_size=dataset.image_size,
+                      num_classes=len(dataset.classes))
+
+
 def _resume_args(paths: Paths, stage: str, cfg: Config, *inputs: Path) -> dict:
     """``fit`` arguments that make a training stage resumable after a kill.
 
@@ -127,11 +140,8 @@ def _new_live(directory: Path) -> Live:
 
 def train_dense(cfg: Config, paths: Paths = Paths()) -> list[dict]:
     """Train LeNet with Adam + CrossEntropyLoss; write ``models/dense.pt`` and per-epoch logs."""
-    seed_everything(cfg.seed)
-    device = default_device()
-    dataset, meta = load_prepared(paths.prepared)
-    model = LeNet(len(dataset.classes), dataset.image_size).to(device, memory_format=torch.channels_last)
-    train, test = _loaders(dataset, meta, cfg.train.batch_size, cfg.seed, device)
+    dataset, train, test = _training_start(cfg, paths)
+    model = LeNet(len(dataset.classes), dataset.image_size).to(default_device(), memory_format=torch.channels_last)
     # Weights at initialisation and after every epoch: the points prune.rewind can go back to.
     snapshots = {f"init.{k}": v for k, v in _plain_state(model).items()}
 
@@ -165,16 +175,11 @@ def prune_train(cfg: Config, paths: Paths = Paths()) -> list[dict]:
     Each of the ``prune.epochs`` rounds trains one epoch, records the test accuracy, prunes to
     the round's scheduled sparsity and records the test accuracy again; with ``prune.rewind`` the
     surviving weights then go back to their dense values at initialisation or that epoch.
-    ``prune.finetune_epochs``
-    further epochs then train with the final masks fixed.  Every record holds ``sparsity``.
+    ``prune.finetune_epochs`` further epochs then train with the final masks fixed.  Every record
+    holds ``sparsity``.
     """
-    seed_everything(cfg.seed)
-    device = default_device()
-    dataset, meta = load_prepared(paths.prepared)
-    dense = load_model(paths.dense_model, sparse=False, image_size=dataset.image_size,
-                       num_classes=len(dataset.classes))
-    net = SparseNet.from_dense(dense).to(device, memory_format=torch.channels_last)
-    train, test = _loaders(dataset, meta, cfg.train.batch_size, cfg.seed, device)
+    dataset, train, test = _training_start(cfg, paths)
+    net = SparseNet.from_dense(_dense_model(paths, dataset)).to(memory_format=torch.channels_last)
     p = cfg.prune
     rewind_to = None if p.rewind == "none" else rewind_state(load_checkpoint(paths.dense_history), p.rewind)
 
@@ -211,12 +216,8 @@ def train_control(cfg: Config, paths: Paths = Paths()) -> list[dict]:
     control has seen as many epochs in total as the pruned model, and ``evaluate`` reports the
     pruned accuracy against it (``accuracy_drop_vs_control``) as well as against the dense model.
     """
-    seed_everything(cfg.seed)
-    device = default_device()
-    dataset, meta = load_prepared(paths.prepared)
-    model = load_model(paths.dense_model, sparse=False, image_size=dataset.image_size,
-                       num_classes=len(dataset.classes))
-    train, test = _loaders(dataset, meta, cfg.train.batch_size, cfg.seed, device)
+    dataset, train, test = _training_start(cfg, paths)
+    model = _dense_model(paths, dataset)
     p = cfg.prune
     with _new_live(paths.control_log) as live:
         resume = _resume_args(paths, "train_control", cfg, paths.prepared / "meta.json", paths.dense_model)

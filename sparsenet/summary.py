@@ -1,4 +1,4 @@
-"""Print the current run's results: accuracies, per-layer sparsity, cost and speed.
+"""Print the current run's results: accuracies, per-layer sparsity, cost and speed; the report's path.
 
     python -m sparsenet.summary [models/sparse.pt]
 
@@ -27,7 +27,9 @@ def main(argv: list[str] | None = None) -> None:
             raise SparseNetError(f"{checkpoint}: {exc}") from None
         interpret_sparsity(model)
         dense, sparse, small = metrics["dense"], metrics["sparse"], metrics["compact"]
-        print(f"test accuracy: dense {dense['accuracy']:.2%}, sparse {sparse['accuracy']:.2%} "
+        control = metrics.get("control", {}).get("accuracy")
+        same_epochs = f", dense trained for as many epochs (control) {control:.2%}" if control is not None else ""
+        print(f"test accuracy: dense {dense['accuracy']:.2%}{same_epochs}, sparse {sparse['accuracy']:.2%} "
               f"at {sparse['sparsity']:.2%} sparsity")
         print(f"non-zero MACs per image: {sparse['nonzero_macs']:,} of {dense['macs']:,}; compact model "
               f"widths {small['widths']}, {small['macs']:,} MACs")
@@ -35,6 +37,8 @@ def main(argv: list[str] | None = None) -> None:
         if speed_path.is_file():
             speed = read_json(speed_path)
             print(f"compact vs dense inference speed ({speed['device']}): {speed['speedup']:.2f}x")
+        if Path("plots/report.md").is_file():
+            print("the whole run on one page: plots/report.md")
     except SparseNetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

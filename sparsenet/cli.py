@@ -13,6 +13,7 @@ The step sub-commands run exactly what ``dvc repro`` runs (``stages/<step>.py`` 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -35,6 +36,7 @@ def inspect_checkpoint(path: Path) -> None:
         points = sorted({key.split(".", 1)[0] for key in state}, key=lambda p: (p != "init", len(p), p))
         print(f"{path}: dense weights at {', '.join(points)} (the points prune.rewind can go back to)")
         state = {key.split(".", 1)[1]: value for key, value in state.items() if key.startswith("init.")}
+    compact = "state_dict" in state
     sparse = "conv1.mask" in state
     try:
         model = lenet_from_state_dict(state, sparse=sparse)
@@ -44,7 +46,8 @@ def inspect_checkpoint(path: Path) -> None:
         model = SparseNet.from_dense(model)  # all-ones masks: zeros are counted the same way
     cost = analysis.model_cost(model, model.image_size, model.in_channels)
     layers = analysis.layer_sparsity(model)
-    kind = "SparseNet (masked)" if sparse else "LeNet (dense)"
+    kind = ("SparseNet (masked)" if sparse else
+            "LeNet (compact: pruned structure removed)" if compact else "LeNet (dense)")
     print(f"{path}: {kind}, {model.num_classes} classes, input {model.in_channels}x{model.image_size}x"
           f"{model.image_size}, widths {list(model.widths)}, {path.stat().st_size:,} bytes on disk")
     analysis.interpret_sparsity(model)
@@ -53,7 +56,13 @@ def inspect_checkpoint(path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = sys.argv[1:] if argv is None else argv
+    try:
+        _main(sys.argv[1:] if argv is None else argv)
+    except BrokenPipeError:  # e.g. `sparsenet inspect … | head`: the reader left, nothing is wrong
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def _main(args: list[str]) -> None:
     if args and args[0] in TOOLS:  # their own argument parsers
         from importlib import import_module
 

@@ -191,18 +191,27 @@ def enforce_masks_after_steps(optimizer: torch.optim.Optimizer, model: nn.Module
         optimizer.register_step_post_hook(reapply_masks)
 
 
-def lenet_from_state_dict(state: dict[str, torch.Tensor], sparse: bool, image_size: int | None = None) -> LeNet:
+def lenet_from_state_dict(state: dict, sparse: bool, image_size: int | None = None) -> LeNet:
     """Rebuild LeNet / SparseNet from a state dict's tensor shapes (widths, classes, flatten).
 
-    ``image_size`` defaults to the smallest input whose flatten fits fc1.  Raises ``ValueError``
-    when the state dict is not a LeNet of that size (or holds no masks when ``sparse``).
+    Also takes the compact-model form ``{"state_dict": …, "widths": […], "image_size": S}``
+    (see :func:`compact_checkpoint`).  ``image_size`` defaults to the one stored there, else the
+    smallest input whose flatten fits fc1.  Raises ``ValueError`` when the state dict is not a
+    LeNet of that size (or holds no masks when ``sparse``).
     """
+    declared = None
+    if "state_dict" in state:
+        declared = state.get("widths")
+        image_size = image_size or state.get("image_size")
+        state = state["state_dict"]
     try:
         widths = tuple(int(state[f"{name}.weight"].shape[0]) for name in LAYER_NAMES[:-1])
         classes, flat = int(state["fc3.weight"].shape[0]), int(state["fc1.weight"].shape[1])
         in_channels = int(state["conv1.weight"].shape[1])
     except (KeyError, AttributeError, IndexError):
         raise ValueError(f"not a LeNet state dict (keys: {', '.join(list(state)[:6])}, ...)") from None
+    if declared is not None and list(declared) != list(widths):
+        raise ValueError(f"declares widths {list(declared)} but its tensors have widths {list(widths)}")
     if image_size is None:
         image_size = next((s for s in range(16, 2048) if widths[1] * feature_side(s) ** 2 == flat), 0)
     if image_size < 16 or widths[1] * feature_side(image_size) ** 2 != flat:
@@ -216,6 +225,14 @@ def lenet_from_state_dict(state: dict[str, torch.Tensor], sparse: bool, image_si
         detail = " ".join(str(exc).split())
         raise ValueError(f"not a LeNet of widths {list(widths)}: {detail[:300]}") from None
     return model
+
+
+def compact_checkpoint(model: LeNet) -> dict:
+    """What ``models/compact.pt`` holds: the plain state dict and the layer widths (and input
+    size) that rebuild the smaller LeNet — all loadable with ``weights_only=True``."""
+    state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
+    return {"state_dict": state, "widths": list(model.widths), "image_size": model.image_size,
+            "num_classes": model.num_classes}
 
 
 def default_device() -> torch.device:

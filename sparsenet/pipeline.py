@@ -23,7 +23,7 @@ from sparsenet.config import Config, load_config
 from sparsenet.data import BatchLoader, Dataset, load_prepared, load_source, save_prepared
 from sparsenet.errors import SparseNetError
 from sparsenet.io import load_checkpoint, read_json, save_checkpoint, write_json
-from sparsenet.models import LeNet, SparseNet, default_device, lenet_from_state_dict
+from sparsenet.models import LeNet, SparseNet, compact_checkpoint, default_device, lenet_from_state_dict
 from sparsenet.pruning import prune_model, scheduled_sparsity
 from sparsenet.report import write_report
 from sparsenet.training import evaluate as evaluate_model
@@ -202,7 +202,7 @@ def prune_train(cfg: Config, paths: Paths = Paths()) -> list[dict]:
                       **resume)
     save_checkpoint(paths.sparse_model, _plain_state(net))
     small = compact(net)
-    save_checkpoint(paths.compact_model, _plain_state(small))
+    save_checkpoint(paths.compact_model, compact_checkpoint(small))
     resume["checkpoint"].unlink(missing_ok=True)
     print(f"compact model: widths {small.widths} (dense LeNet {net.widths}) -> {paths.compact_model}")
     return history

@@ -50,3 +50,22 @@ def test_unpruned_model_compacts_to_itself():
     assert small.widths == net.widths
     x = torch.randn(4, 3, 32, 32)
     assert torch.allclose(small(x), net(x), atol=1e-6)
+
+
+def test_compact_checkpoint_holds_state_and_widths_and_rebuilds_with_weights_only(tmp_path):
+    from sparsenet.io import load_checkpoint, save_checkpoint
+    from sparsenet.models import compact_checkpoint, lenet_from_state_dict
+
+    net = trained_like(64)
+    prune_model(net, "structured", 0.5, "filters")
+    small = compact(net)
+    save_checkpoint(tmp_path / "compact.pt", compact_checkpoint(small))
+    saved = torch.load(tmp_path / "compact.pt", weights_only=True)
+    assert saved["widths"] == [3, 8, 60, 42] and saved["image_size"] == 64 and saved["num_classes"] == 10
+    assert saved["state_dict"]["conv2.weight"].shape == (8, 3, 5, 5)
+    again = lenet_from_state_dict(load_checkpoint(tmp_path / "compact.pt"), sparse=False)
+    x = torch.randn(2, 3, 64, 64)
+    assert again.widths == small.widths and torch.equal(again.eval()(x), small.eval()(x))
+    saved["widths"] = [3, 8, 60, 41]
+    with pytest.raises(ValueError, match=r"declares widths \[3, 8, 60, 41\] but its tensors have widths"):
+        lenet_from_state_dict(saved, sparse=False)

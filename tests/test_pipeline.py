@@ -111,7 +111,10 @@ def test_repro_writes_checkpoints_logs_and_plots(project):
     root, _, _, _ = project
     sparse = torch.load(root / "models" / "sparse.pt", weights_only=True)
     compact = torch.load(root / "models" / "compact.pt", weights_only=True)
-    assert "fc1.mask" not in compact and compact["fc3.weight"].shape[0] == 4
+    metrics = json.loads((root / "metrics" / "evaluate.json").read_text())
+    assert compact["widths"] == metrics["compact"]["widths"] and compact["image_size"] == 32
+    assert "fc1.mask" not in compact["state_dict"] and compact["state_dict"]["fc3.weight"].shape[0] == 4
+    assert compact["state_dict"]["fc1.weight"].shape[0] == compact["widths"][2]
     dense = torch.load(root / "models" / "dense.pt", weights_only=True)
     assert "fc1.mask" in sparse and "conv1.bias_mask" in sparse and "fc1.mask" not in dense
     assert (sparse["fc1.weight"][~sparse["fc1.mask"]] == 0).all()

@@ -11,8 +11,9 @@ import hashlib
 import json
 import sys
 from dataclasses import dataclass
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from dvclive import Live
@@ -22,7 +23,7 @@ from sparsenet.compact import compact
 from sparsenet.config import Config, load_config
 from sparsenet.data import BatchLoader, Dataset, load_prepared, load_source, save_prepared
 from sparsenet.errors import SparseNetError
-from sparsenet.io import load_checkpoint, read_json, save_checkpoint, write_json
+from sparsenet.io import atomic_dir, load_checkpoint, read_json, save_checkpoint, write_json
 from sparsenet.models import LeNet, SparseNet, compact_checkpoint, default_device, lenet_from_state_dict
 from sparsenet.pruning import prune_model, scheduled_sparsity
 from sparsenet.report import write_report
@@ -133,9 +134,13 @@ def _live_logger(live: Live) -> Callable[[dict], None]:
     return log
 
 
-def _new_live(directory: Path) -> Live:
-    # No dvc.yaml edits or experiment commits from inside a stage: dvc.yaml declares everything.
-    return Live(str(directory), dvcyaml=False, save_dvc_exp=False, report=None)
+@contextmanager
+def _new_live(directory: Path) -> Iterator[Live]:
+    """dvclive per-epoch logs that replace ``directory`` whole once training has finished."""
+    with atomic_dir(directory) as partial:
+        # No dvc.yaml edits or experiment commits from inside a stage: dvc.yaml declares everything.
+        with Live(str(partial), dvcyaml=False, save_dvc_exp=False, report=None) as live:
+            yield live
 
 
 def train_dense(cfg: Config, paths: Paths = Paths()) -> list[dict]:

@@ -56,3 +56,21 @@ def test_torn_or_foreign_checkpoint_is_one_clear_error(tmp_path):
     with pytest.raises(SparseNetError, match="sparse.pt: not a .*SparseNet checkpoint") as err:
         load_checkpoint(torn)
     assert "\n" not in str(err.value)
+
+
+def test_atomic_dir_swaps_in_whole_or_keeps_the_old_folder(tmp_path):
+    from sparsenet.io import atomic_dir
+
+    logs = tmp_path / "logs" / "train_dense"
+    with atomic_dir(logs) as partial:
+        (partial / "metrics.json").write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_dir(logs) as partial:
+            (partial / "metrics.json").write_text("half")
+            raise RuntimeError("killed")
+    assert (logs / "metrics.json").read_text() == "old"
+    with atomic_dir(logs) as partial:
+        (partial / "metrics.json").write_text("new")
+        assert (logs / "metrics.json").read_text() == "old", "the old logs stay until the new ones are complete"
+    assert (logs / "metrics.json").read_text() == "new"
+    assert sorted(p.name for p in logs.parent.iterdir()) == ["train_dense"]

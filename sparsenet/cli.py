@@ -29,6 +29,8 @@ TOOLS = ("summary", "bench", "frontier")
 def inspect_checkpoint(path: Path) -> None:
     """Print what a checkpoint holds: model kind, widths, per-layer sparsity, params, MACs, size."""
     state = load_checkpoint(path)
+    if not isinstance(state, dict):
+        raise SparseNetError(f"{path}: holds a {type(state).__name__}, not a state dict")
     if "history" in state and "model" in state:  # a per-epoch resume checkpoint
         print(f"{path}: resume checkpoint after epoch {len(state['history'])}")
         state = state["model"]

@@ -199,6 +199,8 @@ def lenet_from_state_dict(state: dict, sparse: bool, image_size: int | None = No
     smallest input whose flatten fits fc1.  Raises ``ValueError`` when the state dict is not a
     LeNet of that size (or holds no masks when ``sparse``).
     """
+    if not isinstance(state, dict):
+        raise ValueError(f"holds a {type(state).__name__}, not a state dict")
     declared = None
     if "state_dict" in state:
         declared = state.get("widths")

@@ -117,6 +117,9 @@ def test_a_checkpoint_that_does_not_fit_gives_one_clear_error(tmp_path, dense):
         load_model(path, sparse=False, image_size=64, num_classes=10)
     with pytest.raises(SparseNetError, match="expected a SparseNet with masks"):
         load_model(path, sparse=True, image_size=32, num_classes=10)
+    torch.save(torch.zeros(3), tmp_path / "tensor.pt")
+    with pytest.raises(SparseNetError, match="tensor.pt: holds a Tensor, not a state dict"):
+        load_model(tmp_path / "tensor.pt", sparse=False, image_size=32, num_classes=10)
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(SparseNetError, match="junk.pt: not a SparseNet checkpoint"):
         load_model(tmp_path / "junk.pt", sparse=False, image_size=32, num_classes=10)

@@ -78,8 +78,8 @@ def model_cost(model: nn.Module, image_size: int, in_channels: int = 3) -> Model
 
 
 @torch.no_grad()
-def throughput(models: dict[str, nn.Module], image_size: int, batch_size: int = 256, repeats: int = 15,
-               warmup: int = 3, in_channels: int = 3) -> dict[str, float]:
+def throughput(models: dict[str, nn.Module], image_size: int, batch_size: int = 256, repeats: int = 30,
+               warmup: int = 10, in_channels: int = 3) -> dict[str, float]:
     """Inference images per second of each model: median over ``repeats`` timed batches.
 
     The models take turns batch by batch, so a drift in the machine's speed hits them alike.

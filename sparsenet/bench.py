@@ -9,7 +9,8 @@ Measured, each as a ratio of two timings taken in this same process:
   ``torchvision.datasets.ImageFolder`` + ``DataLoader`` + PIL transforms over the same images
   written as PNG files (loader alone, and loader + training step);
 - a SparseNet training step (90% masked) against a dense LeNet step;
-- inference of the compact model from 50% structured filter pruning against the dense model;
+- inference of the compact model from 50% structured filter pruning against the dense model,
+  and the time each spends per layer;
 - fp32 matmul GFLOP/s of this machine and the GFLOP/s LeNet training achieves.
 """
 
@@ -30,19 +31,31 @@ from sparsenet.analysis import model_cost, throughput
 from sparsenet.compact import compact
 from sparsenet.data import BatchLoader, Split, load_prepared, make_synthetic
 from sparsenet.io import write_json
-from sparsenet.models import LeNet, SparseNet, default_device, enforce_masks_after_steps
+from sparsenet.models import LAYER_NAMES, LeNet, SparseNet, default_device, enforce_masks_after_steps
 from sparsenet.pruning import prune_model
+from sparsenet.training import keep_freed_memory
 
 
 def _median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+    return _interleaved({"fn": fn}, repeats, warmup)["fn"]
+
+
+def _interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, float]:
+    """Median seconds of each function, the functions taking turns in every repeat.
+
+    This machine's speed drifts by tens of percent over minutes; taking turns makes the drift
+    hit every contender alike, so their ratio holds even when the timings move.
+    """
     for _ in range(warmup):
-        fn()
-    times = []
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def _trainer(model: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], None]:
@@ -69,6 +82,16 @@ def _images_per_second(batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     return count / (time.perf_counter() - start)
 
 
+def _pass(batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]],
+          step: Callable[[torch.Tensor, torch.Tensor], None] | None) -> Callable[[], None]:
+    """One pass over fresh ``batches()``, feeding each batch to ``step`` (if any)."""
+    def run() -> None:
+        for images, labels in batches():
+            if step is not None:
+                step(images, labels)
+    return run
+
+
 def _naive_loader(split: Split, classes: int, folder: Path, batch_size: int):
     """The same images as PNG files, read back by ImageFolder + DataLoader + PIL transforms."""
     from PIL import Image
@@ -81,6 +104,42 @@ def _naive_loader(split: Split, classes: int, folder: Path, batch_size: int):
     transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize([0.5] * 3, [0.25] * 3)])
     dataset = datasets.ImageFolder(str(folder), transform=transform)
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True)
+
+
+@torch.no_grad()
+def layer_milliseconds(models: dict[str, nn.Module], image_size: int, batch_size: int,
+                       repeats: int) -> dict[str, dict[str, float]]:
+    """Median milliseconds per inference batch in each layer, and in the rest (pooling, ReLU).
+
+    The models take turns, like :func:`sparsenet.analysis.throughput`; shows where pruning saves
+    time and where it cannot.
+    """
+    times: dict[str, dict[str, list[float]]] = {name: {} for name in models}
+    started: dict[str, float] = {}
+    hooks = []
+    for model_name, model in models.items():
+        model.eval()
+        for layer_name in LAYER_NAMES:
+            layer, record = getattr(model, layer_name), times[model_name].setdefault(layer_name, [])
+            hooks.append(layer.register_forward_pre_hook(
+                lambda *_, key=(model_name, layer_name): started.__setitem__(key, time.perf_counter())))
+            hooks.append(layer.register_forward_hook(
+                lambda *_, key=(model_name, layer_name), record=record: record.append(
+                    time.perf_counter() - started[key])))
+    x = torch.randn(batch_size, 3, image_size, image_size).contiguous(memory_format=torch.channels_last)
+    try:
+        totals = _interleaved({name: (lambda m=model: m(x.to(next(m.parameters()).device)))
+                               for name, model in models.items()}, repeats, warmup=5)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    result = {}
+    for name, layers in times.items():
+        ms = {layer: statistics.median(values[5:]) * 1e3 for layer, values in layers.items()}
+        ms["pooling+relu"] = max(totals[name] * 1e3 - sum(ms.values()), 0.0)
+        ms["total"] = totals[name] * 1e3
+        result[name] = ms
+    return result
 
 
 def cpu_name() -> str:
@@ -100,6 +159,7 @@ def matmul_gflops(size: int = 1024, repeats: int = 5) -> float:
 
 
 def run(images: int, batch_size: int, repeats: int, prepared: Path | None) -> dict:
+    keep_freed_memory()  # as every pipeline stage does
     device = default_device()
     torch.manual_seed(0)
     if prepared is not None and (prepared / "meta.json").is_file():
@@ -122,11 +182,12 @@ def run(images: int, batch_size: int, repeats: int, prepared: Path | None) -> di
     step = _trainer(dense)
     one_batch = next(iter(loader))
     steps_per_epoch = len(loader)
-    _images_per_second(loader, step)  # warm-up epoch
-    compute = statistics.median(
-        _images_per_second([one_batch] * steps_per_epoch, step) for _ in range(repeats))
-    pipeline = statistics.median(_images_per_second(loader, step) for _ in range(repeats))
-    loader_only = statistics.median(_images_per_second(loader, None) for _ in range(repeats))
+    seconds = _interleaved({
+        "compute": _pass(lambda: [one_batch] * steps_per_epoch, step),
+        "pipeline": _pass(lambda: loader, step),
+        "loader_only": _pass(lambda: loader, None),
+    }, repeats)
+    compute, pipeline, loader_only = (len(loader.split) / seconds[k] for k in ("compute", "pipeline", "loader_only"))
     with tempfile.TemporaryDirectory() as tmp:
         naive = _naive_loader(split, classes, Path(tmp), batch_size)
         to_device = ((x.to(device).contiguous(memory_format=torch.channels_last), y.to(device)) for x, y in naive)
@@ -145,8 +206,9 @@ def run(images: int, batch_size: int, repeats: int, prepared: Path | None) -> di
     sparse = SparseNet.from_dense(LeNet(classes, size)).to(device, memory_format=torch.channels_last)
     prune_model(sparse, "magnitude", 0.9, scope="global")
     dense_step, sparse_step = _trainer(LeNet(classes, size).to(device, memory_format=torch.channels_last)), _trainer(sparse)
-    dense_s = _median_seconds(lambda: dense_step(images_, labels_), repeats * 4, warmup=3)
-    sparse_s = _median_seconds(lambda: sparse_step(images_, labels_), repeats * 4, warmup=3)
+    steps = _interleaved({"dense": lambda: dense_step(images_, labels_),
+                          "sparse": lambda: sparse_step(images_, labels_)}, repeats * 10, warmup=3)
+    dense_s, sparse_s = steps["dense"], steps["sparse"]
     results["training_step"] = {"dense_ms": dense_s * 1e3, "sparse_ms": sparse_s * 1e3,
                                 "sparse_vs_dense": sparse_s / dense_s}
 
@@ -155,11 +217,13 @@ def run(images: int, batch_size: int, repeats: int, prepared: Path | None) -> di
     prune_model(pruned, "structured", 0.5, "filters")
     small = compact(pruned).to(device, memory_format=torch.channels_last)
     reference = LeNet(classes, size).to(device, memory_format=torch.channels_last)
-    rates = throughput({"dense": reference, "compact": small}, size, 256, repeats=repeats * 5)
+    rates = throughput({"dense": reference, "compact": small}, size, 256, repeats=repeats * 10)
     dense_ips, compact_ips = rates["dense"], rates["compact"]
     results["inference"] = {"dense_img_s": dense_ips, "compact_img_s": compact_ips,
                             "compact_widths": list(small.widths), "compact_vs_dense": compact_ips / dense_ips,
-                            "compact_macs_fraction": model_cost(small, size).macs / model_cost(reference, size).macs}
+                            "compact_macs_fraction": model_cost(small, size).macs / model_cost(reference, size).macs,
+                            "layer_ms": layer_milliseconds({"dense": reference, "compact": small}, size, 256,
+                                                           repeats * 6)}
 
     # How much of the machine LeNet training uses: fwd + bwd ≈ 3 × forward MACs × 2 FLOPs.
     peak = matmul_gflops()
@@ -186,6 +250,8 @@ def report(results: dict) -> str:
         f"({step['sparse_ms']:.1f} vs {step['dense_ms']:.1f} ms)",
         f"inference, compact (50% filters) vs dense: {inf['compact_vs_dense']:.2f}x "
         f"({inf['compact_img_s']:.0f} vs {inf['dense_img_s']:.0f} img/s; {inf['compact_macs_fraction']:.2f}x the MACs)",
+        *(f"  {name:8} ms per 256 images: " + ", ".join(f"{layer} {ms:.1f}" for layer, ms in layers.items())
+          for name, layers in inf["layer_ms"].items()),
         f"fp32 matmul {flops['matmul_gflops']:.1f} GFLOP/s; LeNet training {flops['lenet_training_gflops']:.1f} "
         f"GFLOP/s = {flops['fraction_of_matmul']:.2f} of it",
     ])
@@ -195,7 +261,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m sparsenet.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=4096, help="training images per measured pass (default 4096)")
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=3, help="timed repeats, the median is kept")
+    parser.add_argument("--repeats", type=int, default=5, help="timed repeats, the median is kept")
     parser.add_argument("--prepared", type=Path, default=Path("data/prepared"),
                         help="prepared data to read (default data/prepared; synthetic when missing)")
     parser.add_argument("--out", type=Path, default=Path("metrics/bench.json"))

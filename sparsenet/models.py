@@ -115,12 +115,29 @@ class LeNet(nn.Module):
         self.fc3 = self.linear_type(f2, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
-        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        # Pooling before ReLU gives the same values and gradients (both are monotone; ties go to
+        # the same element) while the ReLU touches a quarter of the data: ~1.5x faster on CPU.
+        x = F.relu(max_pool_2x2(self.conv1(x)))
+        x = F.relu(max_pool_2x2(self.conv2(x)))
         x = torch.flatten(x, 1)
         x = F.relu(self.fc1(x))
         x = F.relu(self.fc2(x))
         return self.fc3(x)
+
+
+def max_pool_2x2(x: torch.Tensor) -> torch.Tensor:
+    """``F.max_pool2d(x, 2)``, computed as two element-wise maxima when no gradient is needed.
+
+    Same values bit for bit.  On CPU, channels-last max-pooling of a few channels (conv1's 6, or
+    3 after pruning) takes a slow path (8 ms per 256 images here, against 1 ms for the maxima),
+    which would hide what pruning saves in inference.  Training keeps ``max_pool2d``: its
+    backward is faster and sends each window's gradient to one element, not split among ties.
+    """
+    if torch.is_grad_enabled() and x.requires_grad:
+        return F.max_pool2d(x, 2)
+    height, width = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2  # floor mode, like max_pool2d
+    rows = torch.maximum(x[..., 0:height:2, :width], x[..., 1:height:2, :width])
+    return torch.maximum(rows[..., 0::2], rows[..., 1::2])
 
 
 def feature_side(image_size: int) -> int:

@@ -28,7 +28,7 @@ from sparsenet.models import LeNet, SparseNet, compact_checkpoint, default_devic
 from sparsenet.pruning import prune_model, scheduled_sparsity
 from sparsenet.report import write_report
 from sparsenet.training import evaluate as evaluate_model
-from sparsenet.training import fit, seed_everything
+from sparsenet.training import fit, keep_freed_memory, seed_everything
 
 EVAL_BATCH_SIZE = 256  # larger batches run slower on CPU for LeNet
 SPEED_BATCH_SIZE = 256
@@ -93,18 +93,14 @@ def _check_outside_user_folders(prepared: Path, cfg: Config) -> None:
 
 # --------------------------------------------------------------------------- training
 
-def _loaders(dataset: Dataset, meta: dict, batch_size: int, seed: int,
-             device: torch.device) -> tuple[BatchLoader, BatchLoader]:
-    train = BatchLoader(dataset.train, batch_size, meta["mean"], meta["std"], device, shuffle=True, seed=seed)
-    test = BatchLoader(dataset.test, EVAL_BATCH_SIZE, meta["mean"], meta["std"], device)
-    return train, test
-
-
 def _training_start(cfg: Config, paths: Paths) -> tuple[Dataset, BatchLoader, BatchLoader]:
     """The seeded start of every training stage: the prepared data and its train / test batches."""
     seed_everything(cfg.seed)
     dataset, meta = load_prepared(paths.prepared)
-    train, test = _loaders(dataset, meta, cfg.train.batch_size, cfg.seed, default_device())
+    device = default_device()
+    train = BatchLoader(dataset.train, cfg.train.batch_size, meta["mean"], meta["std"], device, shuffle=True,
+                        seed=cfg.seed)
+    test = BatchLoader(dataset.test, EVAL_BATCH_SIZE, meta["mean"], meta["std"], device)
     return dataset, train, test
 
 
@@ -259,7 +255,7 @@ def evaluate(cfg: Config, paths: Paths = Paths()) -> dict:
     measured timings go to ``metrics/speed.json``.
     """
     dataset, meta = load_prepared(paths.prepared)
-    _, test = _loaders(dataset, meta, EVAL_BATCH_SIZE, cfg.seed, default_device())
+    test = BatchLoader(dataset.test, EVAL_BATCH_SIZE, meta["mean"], meta["std"], default_device())
     size, classes = dataset.image_size, len(dataset.classes)
     models = {
         "dense": (paths.dense_model, load_model(paths.dense_model, False, size, classes)),
@@ -340,6 +336,7 @@ STEPS: dict[str, Callable[[Config, Paths], object]] = {
 
 def run_stage(name: str, params: str = "params.yaml") -> None:
     """Load params, run one step; a user-facing problem ends as one error line and exit code 2."""
+    keep_freed_memory()
     try:
         STEPS[name](load_config(params), Paths())
     except SparseNetError as exc:

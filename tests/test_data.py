@@ -125,6 +125,25 @@ def test_prepared_round_trip_and_gray_is_fed_as_three_channels(tmp_path):
     assert torch.allclose(images[:, :1], expected)
 
 
+@pytest.mark.parametrize("channels", [1, 3])
+def test_batches_are_the_same_whether_normalised_up_front_or_per_batch(channels):
+    from sparsenet.data import BatchLoader
+
+    data = make_synthetic(50, 10, 3, 32, seed=2)
+    split = data.train
+    split.images = split.images[:, :channels].contiguous()
+    once = BatchLoader(split, 16, 0.3, 0.2, torch.device("cpu"), shuffle=True, seed=5)
+    per_batch = BatchLoader(split, 16, 0.3, 0.2, torch.device("cpu"), shuffle=True, seed=5,
+                            normalise_once_max_bytes=0)
+    assert once.normalised is not None and per_batch.normalised is None
+    for _ in range(2):  # two epochs: the shuffles match too
+        for (x, y), (u, v) in zip(once, per_batch, strict=True):
+            assert torch.equal(x, u) and torch.equal(y, v)
+            assert x.shape[1] == 3 and x.is_contiguous(memory_format=torch.channels_last)
+            x.zero_()  # a batch is the caller's own: changing it leaves the loader's copy alone
+    assert once.normalised.abs().sum() > 0
+
+
 def test_synthetic_data_is_deterministic():
     a, b = make_synthetic(20, 5, 4, 32, seed=7), make_synthetic(20, 5, 4, 32, seed=7)
     assert torch.equal(a.train.images, b.train.images) and torch.equal(a.test.labels, b.test.labels)

@@ -15,3 +15,7 @@ def test_benchmark_runs_and_writes_every_ratio(tmp_path):
               results["flops"]["fraction_of_matmul"]]
     assert all(ratio > 0 for ratio in ratios)
     assert results["inference"]["compact_widths"] == [3, 8, 60, 42]
+    layers = results["inference"]["layer_ms"]
+    for model in ("dense", "compact"):
+        assert set(layers[model]) == {"conv1", "conv2", "fc1", "fc2", "fc3", "pooling+relu", "total"}
+        assert 0 < layers[model]["conv1"] < layers[model]["total"]

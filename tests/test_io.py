@@ -1,6 +1,8 @@
 """Atomic outputs: a failure or a SIGKILL at any moment leaves the old file or the new one."""
 
 import hashlib
+import os
+import stat
 import signal
 import subprocess
 import sys
@@ -9,7 +11,7 @@ import time
 import pytest
 
 from sparsenet.errors import SparseNetError
-from sparsenet.io import atomic_path, load_checkpoint, read_json, write_json
+from sparsenet.io import atomic_path, load_checkpoint, read_json, write_json, write_text
 
 WRITER = """
 import sys
@@ -74,3 +76,12 @@ def test_atomic_dir_swaps_in_whole_or_keeps_the_old_folder(tmp_path):
         assert (logs / "metrics.json").read_text() == "old", "the old logs stay until the new ones are complete"
     assert (logs / "metrics.json").read_text() == "new"
     assert sorted(p.name for p in logs.parent.iterdir()) == ["train_dense"]
+
+
+def test_atomic_writes_get_a_new_files_mode_not_a_private_one(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        write_text(tmp_path / "out.json", "{}")
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "out.json").stat().st_mode) == 0o644

@@ -129,9 +129,9 @@ def max_pool_2x2(x: torch.Tensor) -> torch.Tensor:
     """``F.max_pool2d(x, 2)``, computed as two element-wise maxima when no gradient is needed.
 
     Same values bit for bit.  On CPU, channels-last max-pooling of a few channels (conv1's 6, or
-    3 after pruning) takes a slow path (8 ms per 256 images here, against 1 ms for the maxima),
-    which would hide what pruning saves in inference.  Training keeps ``max_pool2d``: its
-    backward is faster and sends each window's gradient to one element, not split among ties.
+    3 after pruning) takes a slow path: 8 ms per 256 images here, against 1 ms for the maxima.
+    Training keeps ``max_pool2d``: its backward is faster and sends each window's gradient to
+    one element, not split among ties.
     """
     if torch.is_grad_enabled() and x.requires_grad:
         return F.max_pool2d(x, 2)

@@ -114,6 +114,7 @@ def layer_milliseconds(models: dict[str, nn.Module], image_size: int, batch_size
     The models take turns, like :func:`sparsenet.analysis.throughput`; shows where pruning saves
     time and where it cannot.
     """
+    warmup = 5
     times: dict[str, dict[str, list[float]]] = {name: {} for name in models}
     started: dict[str, float] = {}
     hooks = []
@@ -127,15 +128,16 @@ def layer_milliseconds(models: dict[str, nn.Module], image_size: int, batch_size
                 lambda *_, key=(model_name, layer_name), record=record: record.append(
                     time.perf_counter() - started[key])))
     x = torch.randn(batch_size, 3, image_size, image_size).contiguous(memory_format=torch.channels_last)
+    inputs = {name: x.to(next(model.parameters()).device) for name, model in models.items()}
     try:
-        totals = _interleaved({name: (lambda m=model: m(x.to(next(m.parameters()).device)))
-                               for name, model in models.items()}, repeats, warmup=5)
+        totals = _interleaved({name: (lambda m=model, x=inputs[name]: m(x)) for name, model in models.items()},
+                              repeats, warmup)
     finally:
         for hook in hooks:
             hook.remove()
     result = {}
-    for name, layers in times.items():
-        ms = {layer: statistics.median(values[5:]) * 1e3 for layer, values in layers.items()}
+    for name, layers in times.items():  # the hooks also saw the warm-up calls
+        ms = {layer: statistics.median(values[warmup:]) * 1e3 for layer, values in layers.items()}
         ms["pooling+relu"] = max(totals[name] * 1e3 - sum(ms.values()), 0.0)
         ms["total"] = totals[name] * 1e3
         result[name] = ms

@@ -31,9 +31,10 @@ from sparsenet.analysis import model_cost, throughput
 from sparsenet.compact import compact
 from sparsenet.data import BatchLoader, Split, load_prepared, make_synthetic
 from sparsenet.io import write_json
-from sparsenet.models import LAYER_NAMES, LeNet, SparseNet, default_device, enforce_masks_after_steps
+from sparsenet.models import LeNet, SparseNet, default_device, enforce_masks_after_steps
+from sparsenet.options import LAYER_NAMES
 from sparsenet.pruning import prune_model
-from sparsenet.training import keep_freed_memory
+from sparsenet.pipeline.stage import keep_freed_memory
 
 
 def _median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:

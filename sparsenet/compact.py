@@ -14,7 +14,8 @@ import copy
 import torch
 from torch import nn
 
-from sparsenet.models import LAYER_NAMES, LeNet
+from sparsenet.models import LeNet
+from sparsenet.options import LAYER_NAMES
 
 
 def _producer_dead(layer: nn.Module) -> torch.Tensor:

@@ -1,7 +1,8 @@
 """``params.yaml`` → validated, typed configuration.
 
-The params file is read here and nowhere else.  Every problem is reported as one
-:class:`ConfigError` line naming the key, the value and what is allowed.
+The params file is read here and nowhere else.  Defaults, allowed values and ranges come from
+:mod:`sparsenet.options`.  Every problem is reported as one :class:`ConfigError` line naming the
+key, the value and what is allowed.
 """
 
 from __future__ import annotations
@@ -12,63 +13,65 @@ from typing import Any
 
 import yaml
 
+from sparsenet import options
 from sparsenet.errors import SparseNetError
-from sparsenet.models import LAYER_NAMES
-from sparsenet.pruning import METHODS, SCHEDULES, SCOPES, STRUCTURES
-from sparsenet.training import LR_SCHEDULES
-
-DATA_SOURCES = ("fashion-mnist", "folder", "synthetic")
+from sparsenet.options import default
 
 
 class ConfigError(SparseNetError):
     """A parameter is missing, has the wrong type or an unsupported value."""
 
 
+def _default(key: str) -> Any:
+    value = default(key)
+    return field(default_factory=lambda: list(value)) if isinstance(value, list) else field(default=value)
+
+
 @dataclass(frozen=True)
 class SyntheticConfig:
     """Size of the generated dataset used by ``data.source: synthetic``."""
 
-    train_size: int = 600
-    test_size: int = 200
-    classes: int = 4
+    train_size: int = _default("data.synthetic.train_size")
+    test_size: int = _default("data.synthetic.test_size")
+    classes: int = _default("data.synthetic.classes")
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    source: str = "fashion-mnist"
-    train_dir: str = "data/train"
-    test_dir: str = "data/test"
-    image_size: int = 64
-    fashion_mnist_dir: str = "/usr/share/datasets/fashion-mnist"
+    source: str = _default("data.source")
+    train_dir: str = _default("data.train_dir")
+    test_dir: str = _default("data.test_dir")
+    image_size: int = _default("data.image_size")
+    fashion_mnist_dir: str = _default("data.fashion_mnist_dir")
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 4
-    batch_size: int = 128
-    lr: float = 2e-3
-    lr_schedule: str = "cosine"
+    epochs: int = _default("train.epochs")
+    batch_size: int = _default("train.batch_size")
+    lr: float = _default("train.lr")
+    lr_schedule: str = _default("train.lr_schedule")
 
 
 @dataclass(frozen=True)
 class PruneConfig:
-    method: str = "magnitude"
-    structure: str = "filters"
-    scope: str = "global"
-    schedule: str = "cubic"
-    exclude: list = field(default_factory=list)
-    rewind: str = "none"
-    sparsity: float = 0.95
-    epochs: int = 3
-    finetune_epochs: int = 1
-    lr: float = 1e-3
-    lr_schedule: str = "constant"
+    method: str = _default("prune.method")
+    structure: str = _default("prune.structure")
+    scope: str = _default("prune.scope")
+    schedule: str = _default("prune.schedule")
+    exclude: list = _default("prune.exclude")
+    rewind: str = _default("prune.rewind")
+    sparsity: float = _default("prune.sparsity")
+    epochs: int = _default("prune.epochs")
+    finetune_epochs: int = _default("prune.finetune_epochs")
+    lr: float = _default("prune.lr")
+    lr_schedule: str = _default("prune.lr_schedule")
 
 
 @dataclass(frozen=True)
 class Config:
-    seed: int = 0
+    seed: int = _default("seed")
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
@@ -107,11 +110,11 @@ def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
         if name not in raw:
             continue
         key, value = prefix + name, raw[name]
-        default = f.default_factory() if callable(f.default_factory) else f.default  # type: ignore[misc]
-        if is_dataclass(default):
-            values[name] = _build(type(default), value, key + ".", source)
+        default_value = f.default_factory() if callable(f.default_factory) else f.default  # type: ignore[misc]
+        if is_dataclass(default_value):
+            values[name] = _build(type(default_value), value, key + ".", source)
         else:
-            values[name] = _coerce(key, value, type(default), source)
+            values[name] = _coerce(key, value, type(default_value), source)
     return cls(**values)
 
 
@@ -128,6 +131,15 @@ def _coerce(key: str, value: Any, kind: type, source: str) -> Any:
         value = str(value)  # e.g. prune.rewind: 2
     if not isinstance(value, kind) or isinstance(value, bool):
         raise ConfigError(f"{source}: {key} = {value!r} must be a {kind.__name__}")
+    if kind is float and value != value:
+        raise ConfigError(f"{source}: {key} = {value!r} must be a number")
+    return value
+
+
+def _get(cfg: Config, key: str) -> Any:
+    value: Any = cfg
+    for part in key.split("."):
+        value = getattr(value, part)
     return value
 
 
@@ -139,36 +151,32 @@ def _check_values(cfg: Config, source: str) -> None:
         if value not in allowed:
             fail(key, value, "one of: " + ", ".join(allowed))
 
-    def at_least(key: str, value: float, low: float) -> None:
-        if value < low:
-            fail(key, value, f"a number >= {low}")
-
-    one_of("data.source", cfg.data.source, DATA_SOURCES)
-    one_of("prune.method", cfg.prune.method, METHODS)
-    one_of("prune.structure", cfg.prune.structure, STRUCTURES)
-    one_of("prune.scope", cfg.prune.scope, SCOPES)
-    one_of("prune.schedule", cfg.prune.schedule, SCHEDULES)
-    one_of("train.lr_schedule", cfg.train.lr_schedule, LR_SCHEDULES)
-    one_of("prune.lr_schedule", cfg.prune.lr_schedule, LR_SCHEDULES)
+    one_of("data.source", cfg.data.source, options.DATA_SOURCES)
+    one_of("prune.method", cfg.prune.method, options.PRUNE_METHODS)
+    one_of("prune.structure", cfg.prune.structure, options.PRUNE_STRUCTURES)
+    one_of("prune.scope", cfg.prune.scope, options.PRUNE_SCOPES)
+    one_of("prune.schedule", cfg.prune.schedule, options.PRUNE_SCHEDULES)
+    one_of("train.lr_schedule", cfg.train.lr_schedule, options.LR_SCHEDULES)
+    one_of("prune.lr_schedule", cfg.prune.lr_schedule, options.LR_SCHEDULES)
     for name in cfg.prune.exclude:
-        one_of("prune.exclude", name, LAYER_NAMES)
-    rewind = cfg.prune.rewind
-    if rewind not in ("none", "init") and not (rewind.isdigit() and 1 <= int(rewind) <= cfg.train.epochs):
-        fail("prune.rewind", rewind, f"none, init or a dense epoch number 1..{cfg.train.epochs} (train.epochs)")
-    if set(cfg.prune.exclude) >= set(LAYER_NAMES):
+        one_of("prune.exclude", name, options.LAYER_NAMES)
+    if set(cfg.prune.exclude) >= set(options.LAYER_NAMES):
         fail("prune.exclude", cfg.prune.exclude, "a list that leaves at least one layer to prune")
-    if not 0.0 <= cfg.prune.sparsity < 1.0:
-        fail("prune.sparsity", cfg.prune.sparsity, "a fraction in [0, 1)")
-    if cfg.seed < 0:
-        fail("seed", cfg.seed, "an integer >= 0")
-    at_least("data.image_size", cfg.data.image_size, 16)
-    at_least("data.synthetic.train_size", cfg.data.synthetic.train_size, 1)
-    at_least("data.synthetic.test_size", cfg.data.synthetic.test_size, 1)
-    at_least("data.synthetic.classes", cfg.data.synthetic.classes, 2)
-    at_least("train.epochs", cfg.train.epochs, 1)
-    at_least("train.batch_size", cfg.train.batch_size, 1)
-    at_least("prune.epochs", cfg.prune.epochs, 1)
-    at_least("prune.finetune_epochs", cfg.prune.finetune_epochs, 0)
-    for key, lr in (("train.lr", cfg.train.lr), ("prune.lr", cfg.prune.lr)):
-        if not 0.0 < lr < 1.0:
-            fail(key, lr, "a learning rate in (0, 1)")
+    for key, (low, high) in options.INT_RANGES.items():
+        value = _get(cfg, key)
+        if not low <= value <= high:
+            fail(key, value, f"an integer in {low}..{high}")
+    for key, (low, high) in options.OPEN_FLOAT_RANGES.items():
+        value = _get(cfg, key)
+        if not low < value < high:
+            fail(key, value, f"a number in ({low:g}, {high:g})")
+    for key, (low, high) in options.HALF_OPEN_FLOAT_RANGES.items():
+        value = _get(cfg, key)
+        if not low <= value < high:
+            fail(key, value, f"a fraction in [{low:g}, {high:g})")
+    rewind = cfg.prune.rewind
+    if rewind not in options.REWIND_POINTS and not (rewind.isdigit() and 1 <= int(rewind) <= cfg.train.epochs):
+        fail("prune.rewind", rewind, f"none, init or a dense epoch number 1..{cfg.train.epochs} (train.epochs)")
+    if rewind != "none" and cfg.prune.finetune_epochs == 0:
+        raise ConfigError(f"{source}: prune.rewind = {rewind!r} needs prune.finetune_epochs >= 1: the rewind after "
+                          "the last pruning round would leave the model untrained")

@@ -9,12 +9,15 @@ Sources:
 Every source ends as ``images`` (uint8, N×C×S×S with C = 1 for gray sources, 3 otherwise) and
 ``labels`` (int64).  Gray images stay one channel on disk and are broadcast to the model's three
 input channels per batch, which keeps the prepared data 3× smaller at no training cost.
-User folders are only ever read.
+User folders are only ever read.  Each item also keeps a digest of its source bytes (the file, or
+the raw image), so images present in both train and test are found and reported.
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
+import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +31,7 @@ from tqdm import tqdm
 
 from sparsenet.config import DataConfig
 from sparsenet.errors import SparseNetError
-from sparsenet.io import atomic_path, read_json, write_json
+from sparsenet.io import atomic_dir, read_json, write_json
 
 FASHION_MNIST_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -40,6 +43,42 @@ FASHION_MNIST_FILES = {
 }
 MODEL_CHANNELS = 3
 SPLITS = ("train", "test")
+DUPLICATE_EXAMPLES = 10  # pairs listed in the prepare report
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this machine can still give without swapping (None if unknown)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(images: int, channels: int, image_size: int, bytes_per_value: int = 1,
+                 what: str = "the prepared arrays") -> None:
+    """Stop with one line before allocating ``images`` × C×S×S values that cannot fit in memory."""
+    needed = images * channels * image_size * image_size * bytes_per_value
+    available = available_memory()
+    if available is not None and needed > available:
+        raise SparseNetError(
+            f"data.image_size = {image_size}: {what} would take {needed / 2**30:,.1f} GiB "
+            f"({images:,} images of {channels}x{image_size}x{image_size}), more than the "
+            f"{available / 2**30:,.1f} GiB of memory available; lower data.image_size or use fewer images")
+
+
+def _digest(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=16).digest()
+
+
+def _array_digests(images: np.ndarray) -> list[bytes]:
+    return [_digest(image.tobytes()) for image in images]
 
 
 @dataclass
@@ -61,6 +100,9 @@ class Dataset:
     test: Split
     classes: list[str]
     skipped: list[dict[str, str]] = field(default_factory=list)
+    # Per split: where each item came from (a path, or ``train[i]``) and a digest of its bytes.
+    origins: dict[str, list[str]] = field(default_factory=dict)
+    digests: dict[str, list[bytes]] = field(default_factory=dict)
 
     @property
     def image_size(self) -> int:
@@ -112,14 +154,16 @@ def load_fashion_mnist(directory: str | Path, download: bool = True) -> Dataset:
                 "`sudo apt-get install dataset-fashion-mnist` or set data.source to folder/synthetic"
             )
         directory = fetched
-    splits = {}
+    splits, origins, digests = {}, {}, {}
     for split, (images_name, labels_name) in FASHION_MNIST_FILES.items():
         images = read_idx(directory / images_name)
         labels = read_idx(directory / labels_name)
         if images.ndim != 3 or labels.shape != (images.shape[0],):
             raise SparseNetError(f"{directory}: {images_name} / {labels_name} do not match")
         splits[split] = Split(torch.from_numpy(images[:, None].copy()), torch.from_numpy(labels.astype(np.int64)))
-    return Dataset(splits["train"], splits["test"], list(FASHION_MNIST_CLASSES))
+        origins[split] = [f"{images_name}[{i}]" for i in range(len(images))]
+        digests[split] = _array_digests(images)
+    return Dataset(splits["train"], splits["test"], list(FASHION_MNIST_CLASSES), origins=origins, digests=digests)
 
 
 def make_synthetic(train_size: int, test_size: int, classes: int, image_size: int, seed: int) -> Dataset:
@@ -128,27 +172,46 @@ def make_synthetic(train_size: int, test_size: int, classes: int, image_size: in
     ys, xs = np.mgrid[0:image_size, 0:image_size] / (image_size - 1) - 0.5
     palette = gen.uniform(0.3, 1.0, size=(classes, 3))
 
+    check_memory(train_size + test_size, 3, image_size)
+    chunk = max(1, 2**22 // (3 * image_size * image_size))  # ~100 MB of float64 work at a time
+
     def draw(n: int) -> Split:
         labels = np.arange(n) % classes
         gen.shuffle(labels)
         angles = labels * np.pi / classes + gen.normal(0, 0.08, n)
         shifts = gen.normal(0, 0.08, n)
-        dist = np.abs(np.cos(angles)[:, None, None] * xs + np.sin(angles)[:, None, None] * ys - shifts[:, None, None])
-        bar = (dist < 0.08).astype(np.float32)
-        img = bar[:, None] * palette[labels][:, :, None, None] + gen.normal(0, 0.1, (n, 3, image_size, image_size))
-        images = np.clip(img * 255, 0, 255).astype(np.uint8)
+        images = np.empty((n, 3, image_size, image_size), dtype=np.uint8)
+        for start in range(0, n, chunk):  # the same random stream as one draw of all n
+            part = slice(start, start + chunk)
+            dist = np.abs(np.cos(angles[part])[:, None, None] * xs + np.sin(angles[part])[:, None, None] * ys
+                          - shifts[part, None, None])
+            bar = (dist < 0.08).astype(np.float32)
+            noise = gen.normal(0, 0.1, (len(labels[part]), 3, image_size, image_size))
+            img = bar[:, None] * palette[labels[part]][:, :, None, None] + noise
+            images[part] = np.clip(img * 255, 0, 255).astype(np.uint8)
         return Split(torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64)))
 
-    return Dataset(draw(train_size), draw(test_size), [f"class_{i}" for i in range(classes)])
+    train, test = draw(train_size), draw(test_size)
+    origins = {name: [f"{name}[{i}]" for i in range(len(split))] for name, split in (("train", train), ("test", test))}
+    digests = {name: _array_digests(split.images.numpy()) for name, split in (("train", train), ("test", test))}
+    return Dataset(train, test, [f"class_{i}" for i in range(classes)], origins=origins, digests=digests)
+
+
+# Full scale of the integer and float modes PIL decodes deep images to.  16-bit files open as
+# ``I;16*`` or (PNG, TIFF) as ``I``; both are read as 16-bit, 0..65535.  Float (``F``) images are
+# taken as 0..1.  Values beyond the scale are clipped; an image's own maximum is never used, so a
+# mid-grey image stays mid-grey.
+DEEP_MODE_FULL_SCALE = {"I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I;16N": 65535.0, "I": 65535.0,
+                        "F": 1.0}
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
-    """Any PIL mode → 8-bit RGB; transparency is composited onto black."""
+    """Any PIL mode → 8-bit RGB by the mode's full scale; transparency is composited onto black."""
     img = ImageOps.exif_transpose(img)
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+    if img.mode in DEEP_MODE_FULL_SCALE:
         arr = np.asarray(img, dtype=np.float64)
-        top = arr.max() if arr.max() > 255 else 255.0
-        img = Image.fromarray(np.clip(arr / top * 255.0, 0, 255).astype(np.uint8), "L")
+        scaled = np.nan_to_num(arr / DEEP_MODE_FULL_SCALE[img.mode] * 255.0, nan=0.0)
+        img = Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), "L")
     if img.mode == "P" or img.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
         img = img.convert("RGBA")
         background = Image.new("RGBA", img.size, (0, 0, 0, 255))
@@ -158,7 +221,12 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 
 def load_image(path: Path, image_size: int) -> np.ndarray:
     """Decode one image file to uint8 3×S×S (stretched to a square); raises on bad files."""
-    with Image.open(path) as img:
+    return decode_image(path.read_bytes(), image_size)
+
+
+def decode_image(data: bytes, image_size: int) -> np.ndarray:
+    """Decode an image file's bytes to uint8 3×S×S (stretched to a square); raises on bad data."""
+    with Image.open(io.BytesIO(data)) as img:
         img.load()
         rgb = _to_rgb(img).resize((image_size, image_size), Image.Resampling.BILINEAR)
     return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)
@@ -187,8 +255,9 @@ def _skip_reason(path: Path, class_dir: Path, root: Path) -> str | None:
     return None
 
 
-def _read_split(root: Path, key: str, classes: list[str], image_size: int,
-                skipped: list[dict[str, str]]) -> Split:
+def _list_split(root: Path, key: str, classes: list[str],
+                skipped: list[dict[str, str]]) -> tuple[list[Path], list[tuple[Path, int]]]:
+    """(class folders, (file, label) of every file to try), skipping what is not to be read."""
     files: list[tuple[Path, int]] = []
     class_dirs = _class_dirs(root, key)
     for class_dir in class_dirs:
@@ -203,25 +272,54 @@ def _read_split(root: Path, key: str, classes: list[str], image_size: int,
                 files.append((path, label))
             else:
                 skipped.append({"path": str(path), "reason": reason})
-    images, labels = [], []
+    return class_dirs, files
+
+
+def _read_split(root: Path, key: str, classes: list[str], class_dirs: list[Path], files: list[tuple[Path, int]],
+                image_size: int, skipped: list[dict[str, str]]) -> tuple[Split, list[str], list[bytes]]:
+    """Decode ``files`` into one preallocated array; unreadable files are skipped and reported."""
+    images = np.empty((len(files), 3, image_size, image_size), dtype=np.uint8)
+    labels, origins, digests = [], [], []
     for path, label in tqdm(files, desc=f"prepare {root.name}", unit="img", disable=None):
         try:
-            images.append(load_image(path, image_size))
-            labels.append(label)
+            data = path.read_bytes()
+            images[len(labels)] = decode_image(data, image_size)
+        except MemoryError:
+            raise SparseNetError(f"{path}: out of memory while decoding it to {image_size}x{image_size}; "
+                                 "lower data.image_size") from None
         except Exception as exc:  # PIL raises many types for bad files; each is reported, none fatal
             skipped.append({"path": str(path), "reason": f"{type(exc).__name__}: {exc}"})
-    if not images:
+            continue
+        labels.append(label)
+        origins.append(str(path))
+        digests.append(_digest(data))
+    if not labels:
         raise SparseNetError(f"{key} = '{root}': no readable images (see the skipped files in the prepare report)")
     for class_dir in class_dirs:
         if classes.index(class_dir.name) not in labels:
             raise SparseNetError(f"{key} = '{root}': class folder '{class_dir.name}' has no readable images; "
                                  "add images or remove the folder")
-    return Split(torch.from_numpy(np.stack(images)), torch.tensor(labels, dtype=torch.int64))
+    split = Split(torch.from_numpy(images[:len(labels)]), torch.tensor(labels, dtype=torch.int64))
+    return split, origins, digests
+
+
+def check_separate_folders(train_dir: str | Path, test_dir: str | Path) -> None:
+    """Train and test must be two folders, neither inside the other: anything else leaks test images."""
+    train, test = Path(train_dir).resolve(), Path(test_dir).resolve()
+    if train == test:
+        raise SparseNetError(f"data.train_dir = '{train_dir}' and data.test_dir = '{test_dir}' are the same folder; "
+                             "the test images must be kept apart from the training images")
+    for key, inner, outer_key, outer in (("data.test_dir", test, "data.train_dir", train),
+                                         ("data.train_dir", train, "data.test_dir", test)):
+        if outer in inner.parents:
+            raise SparseNetError(f"{key} = '{inner}' lies inside {outer_key} = '{outer}'; keep train and test in "
+                                 "two separate folders (e.g. data/train and data/test)")
 
 
 def load_folder(train_dir: str | Path, test_dir: str | Path, image_size: int) -> Dataset:
     """Image folders ``<dir>/<class>/<image>``; classes come from the train folder."""
     train_dir, test_dir = Path(train_dir), Path(test_dir)
+    check_separate_folders(train_dir, test_dir)
     classes = [p.name for p in _class_dirs(train_dir, "data.train_dir")]
     extra = [p.name for p in _class_dirs(test_dir, "data.test_dir") if p.name not in classes]
     if extra:
@@ -230,9 +328,27 @@ def load_folder(train_dir: str | Path, test_dir: str | Path, image_size: int) ->
             f"(train classes: {', '.join(classes)})"
         )
     skipped: list[dict[str, str]] = []
-    train = _read_split(train_dir, "data.train_dir", classes, image_size, skipped)
-    test = _read_split(test_dir, "data.test_dir", classes, image_size, skipped)
-    return Dataset(train, test, classes, skipped)
+    train_dirs, train_files = _list_split(train_dir, "data.train_dir", classes, skipped)
+    test_dirs, test_files = _list_split(test_dir, "data.test_dir", classes, skipped)
+    check_memory(len(train_files) + len(test_files), 3, image_size)
+    train, train_origins, train_digests = _read_split(train_dir, "data.train_dir", classes, train_dirs, train_files,
+                                                      image_size, skipped)
+    test, test_origins, test_digests = _read_split(test_dir, "data.test_dir", classes, test_dirs, test_files,
+                                                   image_size, skipped)
+    return Dataset(train, test, classes, skipped, origins={"train": train_origins, "test": test_origins},
+                   digests={"train": train_digests, "test": test_digests})
+
+
+def train_test_duplicates(dataset: Dataset, limit: int = DUPLICATE_EXAMPLES) -> dict:
+    """Test items whose source bytes also occur in train: their count and the first ``limit`` pairs."""
+    if not dataset.digests:
+        return {"count": 0, "first": []}
+    train = {}
+    for origin, digest in zip(dataset.origins["train"], dataset.digests["train"]):
+        train.setdefault(digest, origin)
+    pairs = [{"test": origin, "train": train[digest]}
+             for origin, digest in zip(dataset.origins["test"], dataset.digests["test"]) if digest in train]
+    return {"count": len(pairs), "first": pairs[:limit]}
 
 
 def resize_images(images: torch.Tensor, image_size: int, chunk: int = 2048) -> torch.Tensor:
@@ -252,6 +368,7 @@ def load_source(cfg: DataConfig, seed: int) -> Dataset:
     """The configured source at ``cfg.image_size`` (Fashion-MNIST is resized here)."""
     if cfg.source == "fashion-mnist":
         dataset = load_fashion_mnist(cfg.fashion_mnist_dir)
+        check_memory(len(dataset.train) + len(dataset.test), 1, cfg.image_size)
         dataset.train.images = resize_images(dataset.train.images, cfg.image_size)
         dataset.test.images = resize_images(dataset.test.images, cfg.image_size)
         return dataset
@@ -263,24 +380,42 @@ def load_source(cfg: DataConfig, seed: int) -> Dataset:
 
 # --------------------------------------------------------------------------- prepared form
 
+def pixel_statistics(images: torch.Tensor, chunk: int = 4096) -> tuple[float, float]:
+    """Mean and (unbiased) standard deviation of uint8 images' values, scaled to [0, 1].
+
+    Exact: integer sums over chunks, so no float copy of the whole split is ever made and the
+    result does not depend on the summation order.
+    """
+    flat = images.reshape(len(images), -1)
+    total, squares = 0, 0
+    for start in range(0, len(flat), chunk):
+        part = flat[start:start + chunk].to(torch.int64)
+        total += int(part.sum())
+        squares += int((part * part).sum())
+    count = flat.numel()
+    variance = (squares * count - total * total) / (count * max(count - 1, 1))  # one rounding, at the end
+    return total / count / 255.0, variance ** 0.5 / 255.0
+
+
 def save_prepared(dataset: Dataset, out_dir: str | Path, report: dict) -> None:
-    """Write ``<split>_images.npy`` / ``<split>_labels.npy``, ``meta.json`` and ``report.json``."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name in SPLITS:
-        split: Split = getattr(dataset, name)
-        for kind, tensor in (("images", split.images), ("labels", split.labels)):
-            with atomic_path(out_dir / f"{name}_{kind}.npy") as tmp:
-                with open(tmp, "wb") as fh:
+    """Write ``<split>_images.npy`` / ``<split>_labels.npy``, ``meta.json`` and ``report.json``.
+
+    The folder is written whole to a side folder and swapped in: a kill leaves the old prepared
+    data or the new, never a mix of the two.
+    """
+    mean, std = pixel_statistics(dataset.train.images)
+    with atomic_dir(out_dir) as partial:
+        for name in SPLITS:
+            split: Split = getattr(dataset, name)
+            for kind, tensor in (("images", split.images), ("labels", split.labels)):
+                with open(partial / f"{name}_{kind}.npy", "wb") as fh:
                     np.save(fh, tensor.numpy())
-    mean = dataset.train.images.float().mean().item() / 255.0
-    std = dataset.train.images.float().std().item() / 255.0
-    write_json(out_dir / "meta.json", {
-        "classes": dataset.classes, "image_size": dataset.image_size,
-        "channels": int(dataset.train.images.shape[1]), "mean": mean, "std": max(std, 1e-6),
-        "train_size": len(dataset.train), "test_size": len(dataset.test),
-    })
-    write_json(out_dir / "report.json", report)
+        write_json(partial / "meta.json", {
+            "classes": dataset.classes, "image_size": dataset.image_size,
+            "channels": int(dataset.train.images.shape[1]), "mean": mean, "std": max(std, 1e-6),
+            "train_size": len(dataset.train), "test_size": len(dataset.test),
+        })
+        write_json(partial / "report.json", report)
 
 
 def load_prepared(prepared_dir: str | Path) -> tuple[Dataset, dict]:

@@ -22,13 +22,13 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from sparsenet.errors import SparseNetError
+from sparsenet.errors import SparseNetError, one_line_errors
 from sparsenet.io import write_text
+from sparsenet.options import PRUNE_METHODS, PRUNE_STRUCTURES, default
 
-DEFAULT_METHODS = ("magnitude", "random", "structured")
 DEFAULT_SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98)
-COLUMNS = ("experiment", "line", "method", "structure", "scope", "schedule", "target_sparsity",
-           "sparsity", "accuracy", "dense_accuracy", "control_accuracy")
+COLUMNS = ("experiment", "line", "method", "structure", "scope", "schedule", "exclude", "target_sparsity",
+           "sparsity", "sparsity_all_layers", "accuracy", "dense_accuracy", "control_accuracy")
 
 
 def _dvc(*args: str, capture: bool = False) -> str:
@@ -96,16 +96,23 @@ def collect_points(exp_show: list) -> list[dict]:
         prune = params.get("prune") or {}
         if not metrics or not prune:
             continue
-        method = prune.get("method", "magnitude")
-        structure = prune.get("structure", "filters") if method == "structured" else ""
-        scope = prune.get("scope", "global") if method != "structured" else "layer"
+
+        def param(key: str):  # a key missing from an experiment's params.yaml had its default
+            return prune.get(key, default(f"prune.{key}"))
+
+        method = param("method")
+        structure = param("structure") if method == "structured" else ""
+        scope = param("scope") if method != "structured" else "layer"
+        exclude = " ".join(param("exclude") or [])
         line = f"structured ({structure})" if structure else f"{method} ({scope})"
+        line += f", {exclude} dense" if exclude else ""
+        sparse = metrics["sparse"]
         row = {
             "experiment": entry.get("name") or data.get("rev") or entry.get("rev", ""),
             "line": line, "method": method, "structure": structure, "scope": scope,
-            "schedule": prune.get("schedule", "linear"), "target_sparsity": prune.get("sparsity"),
-            "sparsity": metrics["sparse"]["sparsity"], "accuracy": metrics["sparse"]["accuracy"],
-            "dense_accuracy": metrics["dense"]["accuracy"],
+            "schedule": param("schedule"), "exclude": exclude, "target_sparsity": param("sparsity"),
+            "sparsity": sparse["sparsity"], "sparsity_all_layers": sparse.get("sparsity_all_layers", sparse["sparsity"]),
+            "accuracy": sparse["accuracy"], "dense_accuracy": metrics["dense"]["accuracy"],
             "control_accuracy": (metrics.get("control") or {}).get("accuracy"),
         }
         key = (line, row["schedule"], row["target_sparsity"], round(row["accuracy"], 6))
@@ -134,9 +141,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m sparsenet.frontier", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sweep = sub.add_parser("sweep", help="queue and run methods × sparsities, then plot")
-    sweep.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=DEFAULT_METHODS)
+    sweep.add_argument("--methods", nargs="+", default=list(PRUNE_METHODS), choices=PRUNE_METHODS)
     sweep.add_argument("--sparsities", nargs="+", type=float, default=list(DEFAULT_SPARSITIES))
-    sweep.add_argument("--structures", nargs="+", default=["filters"], choices=["filters", "channels"])
+    sweep.add_argument("--structures", nargs="+", default=[default("prune.structure")], choices=PRUNE_STRUCTURES)
     sweep.add_argument("--jobs", type=int, default=1, help="parallel queue workers (default 1: training "
                        "already uses every core)")
     sweep.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
@@ -149,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--png", type=Path, default=Path("plots/frontier.png"))
         p.add_argument("--csv", type=Path, default=Path("plots/frontier.csv"))
     args = parser.parse_args(argv)
-    try:
+    with one_line_errors():
         if args.command == "sweep":
             bad = [s for s in args.sparsities if not 0 <= s < 1]
             if bad:
@@ -159,9 +166,6 @@ def main(argv: list[str] | None = None) -> None:
         show += ["--rev", args.rev] if getattr(args, "rev", None) else []
         rows = collect_points(json.loads(_dvc(*show, capture=True)))
         plot_frontier(rows, args.png, args.csv)
-    except SparseNetError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
     print(f"{len(rows)} points -> {args.png}, {args.csv}")
 
 

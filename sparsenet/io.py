@@ -1,68 +1,116 @@
-"""Atomic file writes and checkpoint save/load (always ``weights_only=True``)."""
+"""Durable atomic outputs (files and whole folders) and JSON helpers.
+
+A file is written to a temporary name beside its target, flushed to disk (``fsync``), renamed
+over the target, and the folder holding it is flushed too: a kill or a power cut at any moment
+leaves the old file or the new one, never a torn one.  Temporary files are created with mode
+0666 and the kernel applies the process's umask, as for any new file; the umask itself is never
+changed (changing it, even for an instant, races with other threads).
+"""
 
 from __future__ import annotations
 
-import io
+import ctypes
 import json
 import os
-import pickle
+import secrets
 import shutil
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-import torch
-
 from sparsenet.errors import SparseNetError
+
+
+def fsync_path(path: str | Path) -> None:
+    """Flush a file's or a folder's data and metadata to disk."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) * Path(path).is_dir())
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    """fsync every file and folder under ``root`` (deepest first), then ``root`` itself."""
+    for folder, _, files in os.walk(root, topdown=False):
+        for name in files:
+            fsync_path(os.path.join(folder, name))
+        fsync_path(folder)
+
+
+def _new_temp_file(path: Path) -> Path:
+    """Create an empty, unique temporary file beside ``path`` with a new file's usual mode."""
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp{path.suffix}")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+    raise SparseNetError(f"{path.parent}: cannot create a temporary file for {path.name}")
 
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; it replaces ``path`` only if the block succeeds.
-
-    A crash at any moment leaves either the old file or the new one, never a torn one.
-    """
+    """Yield a temporary path beside ``path``; it replaces ``path`` durably only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
-    os.close(fd)
+    tmp = _new_temp_file(path)
     try:
-        yield Path(tmp)
-        os.chmod(tmp, _new_file_mode())  # mkstemp makes it private (0600); give it a new file's mode
+        yield tmp
+        fsync_path(tmp)
         os.replace(tmp, path)
+        fsync_path(path.parent)
     finally:
-        if os.path.exists(tmp):
+        if os.path.lexists(tmp):
             os.unlink(tmp)
 
 
-def _new_file_mode() -> int:
-    """The mode ``open()`` would give a new file: 0666 less the process's umask."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
+_RENAME_EXCHANGE = 2  # from <linux/fs.h>
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one atomic step (Linux ``renameat2``); False where unsupported."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd = -100
+    result = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE)
+    return result == 0
 
 
 @contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Yield an empty side folder that replaces the folder ``path`` only if the block succeeds.
+    """Yield an empty side folder that replaces the folder ``path`` whole, only if the block succeeds.
 
-    For tools that write many files (dvclive): a kill leaves the old folder or the complete new
-    one, never a mix (for the instant of the swap the old one is at ``.<name>.old``).
+    For outputs of many files (the prepared arrays, dvclive logs): a kill leaves the old folder or
+    the complete new one, never a mix.  On Linux the two folders are swapped in one atomic step;
+    elsewhere the old one is moved aside to ``.<name>.old`` for the instant of the swap.
     """
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     partial, old = path.with_name(f".{path.name}.partial"), path.with_name(f".{path.name}.old")
     shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
+    partial.mkdir()
     try:
         yield partial
+        _fsync_tree(partial)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
     shutil.rmtree(old, ignore_errors=True)
-    if path.exists():
+    if path.is_dir() and _exchange(partial, path):
+        fsync_path(path.parent)
+        if partial.is_symlink():  # the old ``path`` was a link to a folder
+            partial.unlink()
+        shutil.rmtree(partial, ignore_errors=True)  # now holds the old folder
+        return
+    if path.exists() or path.is_symlink():
         os.replace(path, old)
     os.replace(partial, path)
+    fsync_path(path.parent)
     shutil.rmtree(old, ignore_errors=True)
 
 
@@ -83,30 +131,7 @@ def read_json(path: str | Path) -> Any:
     path = Path(path)
     if not path.is_file():
         raise SparseNetError(f"{path}: not found (run the stage that writes it first: dvc repro)")
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """Save a plain state dict (tensors and plain Python values) atomically.
-
-    Serialised in memory first: torch names the archive after the file it writes, and a temporary
-    file name would make identical models differ byte for byte.
-    """
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    write_bytes(path, buffer.getvalue())
-
-
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint written by :func:`save_checkpoint`, never unpickling code."""
-    path = Path(path)
-    if not path.is_file():
-        raise SparseNetError(f"{path}: checkpoint not found (run the stage that writes it first: dvc repro)")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError:
-        raise SparseNetError(f"{path}: not a SparseNet checkpoint (not a torch file, or one holding objects other "
-                             "than tensors and plain values, which are never unpickled)") from None
-    except Exception as exc:  # torch raises many types for corrupt / foreign files
-        first_line = (str(exc).strip().splitlines() or [""])[0][:200]
-        raise SparseNetError(f"{path}: not a readable SparseNet checkpoint ({type(exc).__name__}: {first_line})") from None
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise SparseNetError(f"{path}: not valid JSON ({exc})") from None

@@ -15,9 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sparsenet.options import LAYER_NAMES
+
 # Widths of the classic LeNet: conv1 filters, conv2 filters, fc1 units, fc2 units.
 LENET_WIDTHS: tuple[int, int, int, int] = (6, 16, 120, 84)
-LAYER_NAMES = ("conv1", "conv2", "fc1", "fc2", "fc3")  # input to output
 KERNEL_SIZE = 5
 
 
@@ -206,52 +207,6 @@ def enforce_masks_after_steps(optimizer: torch.optim.Optimizer, model: nn.Module
 
     if layers:
         optimizer.register_step_post_hook(reapply_masks)
-
-
-def lenet_from_state_dict(state: dict, sparse: bool, image_size: int | None = None) -> LeNet:
-    """Rebuild LeNet / SparseNet from a state dict's tensor shapes (widths, classes, flatten).
-
-    Also takes the compact-model form ``{"state_dict": …, "widths": […], "image_size": S}``
-    (see :func:`compact_checkpoint`).  ``image_size`` defaults to the one stored there, else the
-    smallest input whose flatten fits fc1.  Raises ``ValueError`` when the state dict is not a
-    LeNet of that size (or holds no masks when ``sparse``).
-    """
-    if not isinstance(state, dict):
-        raise ValueError(f"holds a {type(state).__name__}, not a state dict")
-    declared = None
-    if "state_dict" in state:
-        declared = state.get("widths")
-        image_size = image_size or state.get("image_size")
-        state = state["state_dict"]
-    try:
-        widths = tuple(int(state[f"{name}.weight"].shape[0]) for name in LAYER_NAMES[:-1])
-        classes, flat = int(state["fc3.weight"].shape[0]), int(state["fc1.weight"].shape[1])
-        in_channels = int(state["conv1.weight"].shape[1])
-    except (KeyError, AttributeError, IndexError):
-        raise ValueError(f"not a LeNet state dict (keys: {', '.join(list(state)[:6])}, ...)") from None
-    if declared is not None and list(declared) != list(widths):
-        raise ValueError(f"declares widths {list(declared)} but its tensors have widths {list(widths)}")
-    if image_size is None:
-        image_size = next((s for s in range(16, 2048) if widths[1] * feature_side(s) ** 2 == flat), 0)
-    if image_size < 16 or widths[1] * feature_side(image_size) ** 2 != flat:
-        raise ValueError(f"fc1 reads {flat} features, which does not fit {image_size}x{image_size} input")
-    if sparse and "conv1.mask" not in state:
-        raise ValueError("holds a dense LeNet, expected a SparseNet with masks")
-    model = (SparseNet if sparse else LeNet)(classes, image_size, in_channels, widths)
-    try:
-        model.load_state_dict(state if sparse else {k: v for k, v in state.items() if not k.endswith("mask")})
-    except RuntimeError as exc:  # unexpected / missing keys or shapes: a different architecture
-        detail = " ".join(str(exc).split())
-        raise ValueError(f"not a LeNet of widths {list(widths)}: {detail[:300]}") from None
-    return model
-
-
-def compact_checkpoint(model: LeNet) -> dict:
-    """What ``models/compact.pt`` holds: the plain state dict and the layer widths (and input
-    size) that rebuild the smaller LeNet — all loadable with ``weights_only=True``."""
-    state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
-    return {"state_dict": state, "widths": list(model.widths), "image_size": model.image_size,
-            "num_classes": model.num_classes}
 
 
 def default_device() -> torch.device:

@@ -76,7 +76,8 @@ def accuracy_per_round(pruned: pd.DataFrame, control: pd.DataFrame, dense_accura
            ylabel="test accuracy (%)", title=f"Accuracy per pruning round — {method}")
     ax.set_xticks(rounds)
     twin = ax.twinx()
-    twin.bar(rounds, 100 * pruned["sparsity"], alpha=0.15, color="k", width=0.5, label="sparsity (all weights)")
+    twin.bar(rounds, 100 * pruned["sparsity"], alpha=0.15, color="k", width=0.5,
+             label="sparsity (of the layers the target covers)")
     twin.set_ylabel("sparsity at the end of the epoch (%)")
     twin.set_ylim(0, 100)
     twin.grid(False)
@@ -157,7 +158,7 @@ def frontier_figure(rows: list[dict], path: Path) -> Path:
     control = pd.to_numeric(frame["control_accuracy"], errors="coerce").median()
     if control == control:  # not NaN: runs with a train_control stage
         ax.axhline(100 * control, color="k", ls=":", label=f"dense, same total epochs ({100 * control:.2f}%)")
-    ax.set(xlabel="sparsity: zero weights over all pruned layers (%)", ylabel="test accuracy (%)",
+    ax.set(xlabel="sparsity: pruned fraction of the weights the target covers (%)", ylabel="test accuracy (%)",
            title="Accuracy–sparsity frontier")
     ax.legend(fontsize=9)
     return _save(fig, path)

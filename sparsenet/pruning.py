@@ -15,20 +15,15 @@ the image's colour channels.  At least one filter / channel survives in every pr
 from __future__ import annotations
 
 import torch
-
 from torch import nn
 
 from sparsenet.models import SparseConv2d, SparseLinear, sparse_layers
-
-METHODS = ("magnitude", "random", "structured")
-STRUCTURES = ("filters", "channels")
-SCOPES = ("layer", "global")
-SCHEDULES = ("constant", "linear", "cubic")
+from sparsenet.options import LAYER_NAMES, PRUNE_METHODS, PRUNE_SCHEDULES, PRUNE_SCOPES, PRUNE_STRUCTURES
 _FIRST = float("-inf")  # score of an already-pruned entry: pruned again before anything else
 _NEVER = float("inf")   # score of a protected entry
 
 
-def scheduled_sparsity(target: float, round_index: int, rounds: int, schedule: str = "linear") -> float:
+def scheduled_sparsity(target: float, round_index: int, rounds: int, schedule: str) -> float:
     """The sparsity after pruning round ``round_index`` (1-based) of ``rounds``.
 
     ``constant``: the target every round; ``linear``: ``target · t/n``; ``cubic`` (Zhu & Gupta
@@ -44,7 +39,7 @@ def scheduled_sparsity(target: float, round_index: int, rounds: int, schedule: s
         return target * progress
     if schedule == "cubic":
         return target * (1.0 - (1.0 - progress) ** 3)
-    raise ValueError(f"unknown schedule {schedule!r}; expected one of: {', '.join(SCHEDULES)}")
+    raise ValueError(f"unknown schedule {schedule!r}; expected one of: {', '.join(PRUNE_SCHEDULES)}")
 
 
 def unstructured_mask(scores: torch.Tensor, mask: torch.Tensor, amount: float,
@@ -137,25 +132,38 @@ def prune_model(model: nn.Module, method: str, amount: float, structure: str = "
     structured pruning is always per layer).  ``seed`` and ``round_index`` make random pruning
     reproducible and different per round.  Layers named in ``exclude`` stay as they are.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown pruning method {method!r}; expected one of: {', '.join(METHODS)}")
-    if structure not in STRUCTURES:
-        raise ValueError(f"unknown structure {structure!r}; expected one of: {', '.join(STRUCTURES)}")
-    if scope not in SCOPES:
-        raise ValueError(f"unknown scope {scope!r}; expected one of: {', '.join(SCOPES)}")
+    if method not in PRUNE_METHODS:
+        raise ValueError(f"unknown pruning method {method!r}; expected one of: {', '.join(PRUNE_METHODS)}")
+    if structure not in PRUNE_STRUCTURES:
+        raise ValueError(f"unknown structure {structure!r}; expected one of: {', '.join(PRUNE_STRUCTURES)}")
+    if scope not in PRUNE_SCOPES:
+        raise ValueError(f"unknown scope {scope!r}; expected one of: {', '.join(PRUNE_SCOPES)}")
     generator = torch.Generator().manual_seed(seed * 1_000_003 + round_index)
     named = list(sparse_layers(model))
     unknown = sorted(set(exclude) - {name for name, _ in named})
     if unknown:
         raise ValueError(f"cannot exclude {', '.join(unknown)}: the sparse layers are {', '.join(n for n, _ in named)}")
-    first, classifier = named[0][1], named[-1][1]
-    layers = [layer for name, layer in named if name not in exclude]
+    covered = set(pruned_layer_names(method, structure, exclude, [name for name, _ in named]))
+    classifier = named[-1][1]
+    layers = [layer for name, layer in named if name in covered]
     if scope == "global" and method != "structured":
         if layers:
             prune_globally(layers, method, amount, generator, classifier)
     else:
         for layer in layers:
-            if method == "structured" and (layer is classifier if structure == "filters" else layer is first):
-                continue
             prune_layer(layer, method, amount, structure, generator, protect_outputs=layer is classifier)
     return {name: 1.0 - layer.mask.float().mean().item() for name, layer in named}
+
+
+def pruned_layer_names(method: str, structure: str, exclude: tuple[str, ...] | list[str] = (),
+                       layers: list[str] | tuple[str, ...] = LAYER_NAMES) -> list[str]:
+    """The layers a pruning target covers, input to output: what ``prune.sparsity`` is measured over.
+
+    Every layer not in ``exclude``, except that structured ``filters`` never removes the
+    classifier's class outputs (the last layer) and ``channels`` never removes the image's colour
+    channels (the first layer's inputs).
+    """
+    skipped = set(exclude)
+    if method == "structured":
+        skipped.add(layers[-1] if structure == "filters" else layers[0])
+    return [name for name in layers if name not in skipped]

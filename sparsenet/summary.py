@@ -11,15 +11,15 @@ import sys
 from pathlib import Path
 
 from sparsenet.analysis import interpret_sparsity
-from sparsenet.errors import SparseNetError
-from sparsenet.io import load_checkpoint, read_json
-from sparsenet.models import lenet_from_state_dict
+from sparsenet.checkpoints import lenet_from_state_dict, load_checkpoint
+from sparsenet.errors import SparseNetError, one_line_errors
+from sparsenet.io import read_json
 
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     checkpoint = Path(args[0]) if args else Path("models/sparse.pt")
-    try:
+    with one_line_errors():
         metrics = read_json("metrics/evaluate.json")
         try:
             model = lenet_from_state_dict(load_checkpoint(checkpoint), sparse=True)
@@ -29,8 +29,11 @@ def main(argv: list[str] | None = None) -> None:
         dense, sparse, small = metrics["dense"], metrics["sparse"], metrics["compact"]
         control = metrics.get("control", {}).get("accuracy")
         same_epochs = f", dense trained for as many epochs (control) {control:.2%}" if control is not None else ""
+        over = sparse.get("pruned_layers")
+        all_layers = sparse.get("sparsity_all_layers")
         print(f"test accuracy: dense {dense['accuracy']:.2%}{same_epochs}, sparse {sparse['accuracy']:.2%} "
-              f"at {sparse['sparsity']:.2%} sparsity")
+              f"at {sparse['sparsity']:.2%} sparsity" + (f" over {', '.join(over)}" if over else "")
+              + (f" ({all_layers:.2%} over all layers)" if all_layers is not None else ""))
         print(f"non-zero MACs per image: {sparse['nonzero_macs']:,} of {dense['macs']:,}; compact model "
               f"widths {small['widths']}, {small['macs']:,} MACs")
         speed_path = Path("metrics/speed.json")
@@ -39,9 +42,6 @@ def main(argv: list[str] | None = None) -> None:
             print(f"compact vs dense inference speed ({speed['device']}): {speed['speedup']:.2f}x")
         if Path("plots/report.md").is_file():
             print("the whole run on one page: plots/report.md")
-    except SparseNetError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -1,8 +1,7 @@
-"""One training loop for dense training and prune-training (pruning is an end-of-epoch hook)."""
+"""One training loop for every training stage (pruning and rewinding are end-of-epoch hooks)."""
 
 from __future__ import annotations
 
-import ctypes
 import math
 import random
 import time
@@ -14,31 +13,19 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from sparsenet.checkpoints import load_resume_state, save_resume_state
 from sparsenet.errors import SparseNetError
-from sparsenet.io import load_checkpoint, save_checkpoint
 from sparsenet.models import enforce_masks_after_steps
+from sparsenet.options import LR_SCHEDULES
 
-if TYPE_CHECKING:  # config imports this module's names, and data imports config
+if TYPE_CHECKING:
     from sparsenet.data import BatchLoader
 
-EpochHook = Callable[[int, dict], None]
-LR_SCHEDULES = ("constant", "cosine")
+EVAL_BATCH_SIZE = 256  # larger batches run slower on CPU for LeNet
 
-
-def keep_freed_memory() -> None:
-    """Make glibc keep freed memory for reuse instead of handing it back to the OS at once.
-
-    Every batch and activation is a fresh allocation of several MB.  By default glibc maps such
-    blocks anew and returns them on free, so each step page-faults through them again: measured
-    here, 5–15% of a LeNet training step.  Results are unchanged.  No-op without glibc.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    m_trim_threshold, m_mmap_threshold = -1, -3  # mallopt parameter numbers from <malloc.h>
-    libc.mallopt(m_mmap_threshold, 32 * 2**20)   # glibc's largest: blocks up to 32 MB from the heap
-    libc.mallopt(m_trim_threshold, 1 * 2**30)    # give memory back only when 1 GB lies unused
+# Called after each epoch's training and evaluation with (epoch, record); it may change the model
+# and add keys to the record.  Returning True says the model was reset (a rewind): see ``fit``.
+EpochHook = Callable[[int, dict], "bool | None"]
 
 
 def seed_everything(seed: int) -> None:
@@ -109,6 +96,13 @@ def lr_scheduler(optimizer: torch.optim.Optimizer, schedule: str,
     raise ValueError(f"unknown learning-rate schedule {schedule!r}; expected one of: {', '.join(LR_SCHEDULES)}")
 
 
+def _fresh_optimizer(model: nn.Module, lr: float, lr_schedule: str, steps: int):
+    """Adam with zero moments and step count, its schedule at the start, the masks enforced."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    enforce_masks_after_steps(optimizer, model)
+    return optimizer, lr_scheduler(optimizer, lr_schedule, steps)
+
+
 def fit(model: nn.Module, train: BatchLoader, test: BatchLoader, epochs: int, lr: float,
         desc: str = "train", after_epoch: EpochHook | None = None,
         log: Callable[[dict], None] | None = None, lr_schedule: str = "constant",
@@ -120,24 +114,30 @@ def fit(model: nn.Module, train: BatchLoader, test: BatchLoader, epochs: int, lr
 
     Each record holds ``epoch``, ``train_loss``, ``train_accuracy``, ``test_loss``,
     ``test_accuracy``; ``after_epoch(epoch, record)`` may prune the model and add keys to the
-    record before ``log(record)`` is called.  Sparse layers' masks hold after every step.
+    record before ``log(record)`` is called.  If it returns True, the model was reset to earlier
+    weights (a rewind): as in lottery-ticket practice, training then goes on with a fresh Adam
+    (zero moments and step count) and the learning-rate schedule from its start, spread over the
+    epochs that remain.  Sparse layers' masks hold after every step.
 
     With ``checkpoint``, everything needed to go on (model and masks, optimizer, schedule, RNG
     states, the records so far and the caller's ``extra`` tensors) is saved there, atomically,
     after every epoch.  If that file already holds a run with the same ``fingerprint``, training
     resumes after its last epoch — replaying its records to ``log`` and refilling ``extra`` — and
-    ends exactly as an uninterrupted run would.  The file is left for the caller to delete once
-    its outputs are safe.
+    ends exactly as an uninterrupted run would; a file with another fingerprint is ignored with
+    one notice line.  The file is left for the caller to delete once its outputs are safe.
     """
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    enforce_masks_after_steps(optimizer, model)
-    scheduler = lr_scheduler(optimizer, lr_schedule, epochs * len(train))
     loss_fn = nn.CrossEntropyLoss()
     extra = {} if extra is None else extra
     history: list[dict] = []
-    saved = _load_training_state(checkpoint, fingerprint)
+    schedule_start = 0  # the epoch after which the current optimizer and schedule began
+    saved, notice = load_resume_state(checkpoint, fingerprint)
+    if notice:
+        tqdm.write(f"{desc}: {notice}")
     if saved is not None:
+        schedule_start = saved["schedule_start"]
         model.load_state_dict(saved["model"])
+    optimizer, scheduler = _fresh_optimizer(model, lr, lr_schedule, (epochs - schedule_start) * len(train))
+    if saved is not None:
         optimizer.load_state_dict(saved["optimizer"])
         if scheduler is not None:
             scheduler.load_state_dict(saved["scheduler"])
@@ -161,17 +161,18 @@ def fit(model: nn.Module, train: BatchLoader, test: BatchLoader, epochs: int, lr
         test_loss, test_acc = evaluate(model, test)
         record = {"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc,
                   "test_loss": test_loss, "test_accuracy": test_acc}
-        if after_epoch is not None:
-            after_epoch(epoch, record)
+        if after_epoch is not None and after_epoch(epoch, record):
+            schedule_start = epoch
+            optimizer, scheduler = _fresh_optimizer(model, lr, lr_schedule, (epochs - epoch) * len(train))
         history.append(record)
         if log is not None:
             log(record)
         if checkpoint is not None:
-            save_checkpoint(checkpoint, {
+            save_resume_state(checkpoint, {
                 "fingerprint": fingerprint, "history": history, "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict() if scheduler is not None else {},
-                "rng": _rng_states(train), "extra": extra,
+                "schedule_start": schedule_start, "rng": _rng_states(train), "extra": extra,
             })
         tqdm.write(f"{desc} epoch {epoch}/{epochs} ({time.perf_counter() - started:.1f}s): " + ", ".join(
             f"{k} {v:.4f}" for k, v in record.items() if k != "epoch"))
@@ -197,18 +198,3 @@ def _set_rng_states(states: dict, train: BatchLoader) -> None:
     random.setstate(states["python"])
     name, keys, *rest = states["numpy"]
     np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
-
-
-def _load_training_state(checkpoint: Path | None, fingerprint: str) -> dict | None:
-    """The saved state to resume from, or None (no file, or one from a different run)."""
-    if checkpoint is None or not checkpoint.is_file():
-        return None
-    try:
-        saved = load_checkpoint(checkpoint)
-    except SparseNetError as exc:
-        tqdm.write(f"ignoring unreadable resume checkpoint: {exc}")
-        return None
-    if saved.get("fingerprint") != fingerprint:
-        tqdm.write(f"ignoring {checkpoint}: it belongs to a run with other params or inputs")
-        return None
-    return saved

@@ -1,6 +1,7 @@
 """DVC stage `evaluate`: see sparsenet.pipeline.evaluate."""
 
-from sparsenet.pipeline import run_stage
+from sparsenet.pipeline.evaluate import evaluate
+from sparsenet.pipeline.stage import run_stage
 
 if __name__ == "__main__":
-    run_stage("evaluate")
+    run_stage(evaluate)

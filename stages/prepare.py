@@ -1,6 +1,7 @@
 """DVC stage `prepare`: see sparsenet.pipeline.prepare."""
 
-from sparsenet.pipeline import run_stage
+from sparsenet.pipeline.prepare import prepare
+from sparsenet.pipeline.stage import run_stage
 
 if __name__ == "__main__":
-    run_stage("prepare")
+    run_stage(prepare)

@@ -1,6 +1,7 @@
 """DVC stage `prune_train`: see sparsenet.pipeline.prune_train."""
 
-from sparsenet.pipeline import run_stage
+from sparsenet.pipeline.prune_train import prune_train
+from sparsenet.pipeline.stage import run_stage
 
 if __name__ == "__main__":
-    run_stage("prune_train")
+    run_stage(prune_train)

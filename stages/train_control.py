@@ -1,6 +1,7 @@
 """DVC stage `train_control`: see sparsenet.pipeline.train_control."""
 
-from sparsenet.pipeline import run_stage
+from sparsenet.pipeline.train_control import train_control
+from sparsenet.pipeline.stage import run_stage
 
 if __name__ == "__main__":
-    run_stage("train_control")
+    run_stage(train_control)

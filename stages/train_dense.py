@@ -1,6 +1,7 @@
 """DVC stage `train_dense`: see sparsenet.pipeline.train_dense."""
 
-from sparsenet.pipeline import run_stage
+from sparsenet.pipeline.train_dense import train_dense
+from sparsenet.pipeline.stage import run_stage
 
 if __name__ == "__main__":
-    run_stage("train_dense")
+    run_stage(train_dense)

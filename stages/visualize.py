@@ -1,6 +1,7 @@
 """DVC stage `visualize`: see sparsenet.pipeline.visualize."""
 
-from sparsenet.pipeline import run_stage
+from sparsenet.pipeline.visualize import visualize
+from sparsenet.pipeline.stage import run_stage
 
 if __name__ == "__main__":
-    run_stage("visualize")
+    run_stage(visualize)

@@ -16,7 +16,8 @@ from PIL import Image
 from sparsenet.config import config_from_dict
 from sparsenet.data import load_folder
 from sparsenet.errors import SparseNetError
-from sparsenet.pipeline import Paths, prepare
+from sparsenet.pipeline.prepare import prepare
+from sparsenet.pipeline.stage import Paths
 
 SIZE = 32
 rng = np.random.default_rng(0)
@@ -118,11 +119,29 @@ def test_palette_image_keeps_its_colours(tmp_path):
     assert np.abs(image[:, 5, 5].astype(int) - [0, 128, 255]).max() <= 3
 
 
-def test_sixteen_bit_gray_is_scaled_not_clipped(tmp_path):
+@pytest.mark.parametrize("pixels,file_name,expected", [
+    (np.full((20, 20), 32768, dtype=np.uint16), "z_16.png", 128),      # 16-bit mid-grey stays mid-grey
+    (np.full((20, 20), 65535, dtype=np.uint16), "z_16.png", 255),      # 16-bit white
+    (np.full((20, 20), 200, dtype=np.uint16), "z_16.png", 1),          # max 200 of 65535: nearly black
+    (np.full((20, 20), 30000, dtype=np.int32), "z_32.tif", 117),       # mode I: read as 16-bit
+    (np.full((20, 20), 0.5, dtype=np.float32), "z_f.tif", 128),        # float images are 0..1
+    (np.full((20, 20), 1.0, dtype=np.float32), "z_f.tif", 255),
+    (np.full((20, 20), 7.5, dtype=np.float32), "z_f.tif", 255),        # beyond the scale: clipped
+])
+def test_deep_images_are_scaled_by_their_types_full_range(tmp_path, pixels, file_name, expected):
     _good_tree(tmp_path)
-    Image.fromarray(np.full((20, 20), 30000, dtype=np.uint16)).save(tmp_path / "train" / "cat" / "z_16.png")
+    Image.fromarray(pixels).save(tmp_path / "train" / "cat" / file_name)
     image = _added_image(_load(tmp_path))
-    assert image.min() == image.max() == 255  # the brightest value in the image maps to white
+    assert image.min() == image.max() == expected
+
+
+def test_sixteen_bit_ramp_keeps_its_contrast(tmp_path):
+    _good_tree(tmp_path)
+    ramp = np.tile(np.linspace(0, 65535, 64).astype(np.uint16), (64, 1))
+    Image.fromarray(ramp).save(tmp_path / "train" / "cat" / "z_ramp.png")
+    image = _added_image(_load(tmp_path))[0]
+    assert image[:, 0].max() < 10 and image[:, -1].min() > 245
+    assert np.all(np.diff(image[0].astype(int)) >= 0), "brightness rises along the ramp"
 
 
 def test_cmyk_jpeg_becomes_rgb(tmp_path):

@@ -53,8 +53,7 @@ def test_unpruned_model_compacts_to_itself():
 
 
 def test_compact_checkpoint_holds_state_and_widths_and_rebuilds_with_weights_only(tmp_path):
-    from sparsenet.io import load_checkpoint, save_checkpoint
-    from sparsenet.models import compact_checkpoint, lenet_from_state_dict
+    from sparsenet.checkpoints import compact_checkpoint, lenet_from_state_dict, load_checkpoint, save_checkpoint
 
     net = trained_like(64)
     prune_model(net, "structured", 0.5, "filters")

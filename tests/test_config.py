@@ -23,7 +23,7 @@ def test_missing_keys_take_defaults():
     ({"prune": {"structure": "rows"}}, ["prune.structure", "filters, channels"]),
     ({"data": {"source": "imagenet"}}, ["data.source", "fashion-mnist, folder, synthetic"]),
     ({"train": {"epochs": "ten"}}, ["train.epochs", "'ten'", "int"]),
-    ({"train": {"epochs": 0}}, ["train.epochs", ">= 1"]),
+    ({"train": {"epochs": 0}}, ["train.epochs", "an integer in 1..1000"]),
     ({"train": {"lr": 3}}, ["train.lr", "(0, 1)"]),
     ({"prune": {"methd": "random"}}, ["prune.methd", "unknown", "method"]),
     ({"prune": 5}, ["prune", "mapping"]),
@@ -31,10 +31,18 @@ def test_missing_keys_take_defaults():
     ({"train": {"lr_schedule": "step"}}, ["train.lr_schedule", "'step'", "constant, cosine"]),
     ({"prune": {"lr_schedule": None}}, ["prune.lr_schedule", "None", "str"]),
     ({"prune": {"rewind": 9}}, ["prune.rewind", "'9'", "1..4 (train.epochs)"]),
-    ({"data": {"image_size": 8}}, ["data.image_size", "8", ">= 16"]),
-    ({"seed": -1}, ["seed", "-1", ">= 0"]),
+    ({"data": {"image_size": 8}}, ["data.image_size", "8", "16..512"]),
+    ({"data": {"image_size": 100000}}, ["data.image_size", "100000", "16..512"]),
+    ({"seed": -1}, ["seed", "-1", "0..4294967295"]),
+    ({"seed": 2**32}, ["seed", "4294967296", "0..4294967295"]),
+    ({"train": {"batch_size": 10**6}}, ["train.batch_size", "1..65536"]),
+    ({"prune": {"finetune_epochs": -1}}, ["prune.finetune_epochs", "0..1000"]),
+    ({"data": {"synthetic": {"train_size": 0}}}, ["data.synthetic.train_size", "1..1000000"]),
+    ({"prune": {"lr": float("nan")}}, ["prune.lr", "must be a number"]),
+    ({"prune": {"rewind": "init", "finetune_epochs": 0}},
+     ["prune.rewind = 'init' needs prune.finetune_epochs >= 1", "untrained"]),
     ({"train": {"batch_size": 1.5}}, ["train.batch_size", "1.5", "int"]),
-    ({"data": {"synthetic": {"classes": 1}}}, ["data.synthetic.classes", ">= 2"]),
+    ({"data": {"synthetic": {"classes": 1}}}, ["data.synthetic.classes", "2..1000"]),
     ({"prune": {"sparsity": "high"}}, ["prune.sparsity", "'high'", "float"]),
     ({"prune": {"exclude": ["conv1", "conv2", "fc1", "fc2", "fc3"]}}, ["prune.exclude", "at least one layer"]),
     ({"extra": 1}, ["extra", "unknown", "seed, data, train, prune"]),
@@ -55,3 +63,30 @@ def test_unparsable_yaml_names_the_file(tmp_path):
     bad.write_text("prune: [unclosed\n")
     with pytest.raises(ConfigError, match="params.yaml: not valid YAML"):
         load_config(bad)
+
+
+def test_every_numeric_key_has_a_range_and_its_bounds_are_accepted():
+    from dataclasses import fields, is_dataclass
+
+    from sparsenet.config import Config
+    from sparsenet.options import HALF_OPEN_FLOAT_RANGES, INT_RANGES, OPEN_FLOAT_RANGES
+
+    def numeric_keys(cls, prefix=""):
+        for f in fields(cls):
+            value = f.default_factory() if callable(f.default_factory) else f.default
+            if is_dataclass(value):
+                yield from numeric_keys(type(value), prefix + f.name + ".")
+            elif isinstance(value, (int, float)) and not isinstance(value, bool):
+                yield prefix + f.name
+
+    ranged = set(INT_RANGES) | set(OPEN_FLOAT_RANGES) | set(HALF_OPEN_FLOAT_RANGES)
+    assert set(numeric_keys(Config)) == ranged
+    for key, (low, high) in INT_RANGES.items():
+        for value in (low, high):
+            section = {}
+            node = section
+            *parents, last = key.split(".")
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[last] = value
+            config_from_dict(section)  # both ends of the range are valid

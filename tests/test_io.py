@@ -11,7 +11,8 @@ import time
 import pytest
 
 from sparsenet.errors import SparseNetError
-from sparsenet.io import atomic_path, load_checkpoint, read_json, write_json, write_text
+from sparsenet.checkpoints import load_checkpoint
+from sparsenet.io import atomic_path, read_json, write_json, write_text
 
 WRITER = """
 import sys

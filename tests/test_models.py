@@ -1,7 +1,7 @@
 import torch
 
 from sparsenet.data import Split, BatchLoader
-from sparsenet.io import load_checkpoint, save_checkpoint
+from sparsenet.checkpoints import load_checkpoint, save_checkpoint
 from sparsenet.models import LeNet, SparseConv2d, SparseLinear, SparseNet, feature_side
 from sparsenet.pruning import prune_model
 from sparsenet.training import fit
@@ -93,7 +93,7 @@ def test_saving_the_same_model_twice_gives_identical_bytes(tmp_path, sparse):
 
 def test_rebuilding_from_a_state_dict_infers_widths_and_image_size(sparse):
     from sparsenet.compact import compact
-    from sparsenet.models import lenet_from_state_dict
+    from sparsenet.checkpoints import lenet_from_state_dict
 
     prune_model(sparse, "structured", 0.5, "filters")
     small = compact(sparse)
@@ -107,7 +107,7 @@ def test_a_checkpoint_that_does_not_fit_gives_one_clear_error(tmp_path, dense):
     import pytest
 
     from sparsenet.errors import SparseNetError
-    from sparsenet.pipeline import load_model
+    from sparsenet.checkpoints import load_model
 
     path = tmp_path / "dense.pt"
     save_checkpoint(path, dense.state_dict())

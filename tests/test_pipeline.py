@@ -76,13 +76,46 @@ def dvc(*args: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    root = tmp_path_factory.mktemp("project")
+    """The small pipeline run once with ``dvc repro``, every file each stage reads recorded."""
+    base = tmp_path_factory.mktemp("project")
+    root = base / "repo"
+    root.mkdir()
     env = make_project(root, SMALL)
-    repro = run(dvc("repro"), root, env)
+    audited = dict(env, PYTHONPATH=f"{REPO / 'tests' / 'read_audit'}{os.pathsep}{env['PYTHONPATH']}",
+                   SPARSENET_READ_LOG=str(base / "reads.log"))
+    repro = run(dvc("repro"), root, audited)
     run(["git", "add", "-A"], root, env)
     run(["git", "commit", "-qm", "baseline run"], root, env)
     models = {name: (root / "models" / name).read_bytes() for name in ("dense.pt", "sparse.pt")}
     return root, env, repro, models
+
+
+def test_every_file_a_stage_reads_is_declared_in_dvc_yaml(project):
+    from tests.test_dvc_deps import STAGES, undeclared_reads
+
+    root = project[0]
+    log = root.parent / "reads.log"
+    scripts = {line.split("\t")[0] for line in log.read_text().splitlines()}
+    assert scripts == {f"{name}.py" for name in STAGES}, "every stage ran under the read audit"
+    assert undeclared_reads(log, root) == {}
+
+
+def test_repro_again_is_a_no_op_and_the_summary_reads_the_results(project):
+    """Runs before any test that touches the outputs (tests run in file order)."""
+    root, env, _, _ = project
+    outputs = [root / "models" / "dense.pt", root / "models" / "sparse.pt", root / "metrics" / "evaluate.json",
+               root / "plots" / "report.md"]
+    stamps = [path.stat().st_mtime_ns for path in outputs]
+    again = run(dvc("repro"), root, env)
+    assert "Running stage" not in again.stdout
+    for stage in ("prepare", "train_dense", "prune_train", "train_control", "evaluate", "visualize"):
+        # not "is cached - skipping run, checking out outputs": a run-cache restore is no no-op
+        assert f"Stage '{stage}' didn't change, skipping" in again.stdout, stage
+    assert "is cached" not in again.stdout
+    assert [path.stat().st_mtime_ns for path in outputs] == stamps, "no output was rewritten"
+    summary = run([sys.executable, "-m", "sparsenet.summary"], root, env).stdout
+    assert "fc1 (sparsity = 0.80): 38400 weights are zero out of 48000" in summary
+    assert "test accuracy: dense" in summary
 
 
 def test_repro_runs_every_stage_and_writes_metrics(project):
@@ -160,18 +193,19 @@ def test_cli_runs_the_same_steps_and_inspects_checkpoints(project, tmp_path):
     assert bad.returncode == 2 and bad.stderr.startswith("error: ") and len(bad.stderr.splitlines()) == 1
 
 
-def test_repro_again_is_a_no_op_and_the_summary_reads_the_results(project):
-    root, env, _, _ = project
-    again = run(dvc("repro"), root, env)
-    assert "Running stage" not in again.stdout
-    summary = run([sys.executable, "-m", "sparsenet.summary"], root, env).stdout
-    assert "fc1 (sparsity = 0.80): 38400 weights are zero out of 48000" in summary
-    assert "test accuracy: dense" in summary
+def test_prune_train_logs_only_what_each_epoch_measured(project):
+    root = project[0]
+    summary = json.loads((root / "logs" / "prune_train" / "metrics.json").read_text())
+    last_epoch = SMALL["prune"]["epochs"] + SMALL["prune"]["finetune_epochs"]
+    assert summary["step"] == last_epoch - 1  # dvclive counts steps from 0
+    assert set(summary["test"]) == {"accuracy", "loss"}, "a fine-tuning epoch prunes nothing"
+    assert {"sparsity", "sparsity_all_layers", "train"} <= set(summary)
 
 
 def test_exp_run_reruns_only_the_stages_that_read_prune_params(project):
     root, env, _, _ = project
-    exp = run(dvc("exp", "run", "-S", "prune.method=random"), root, env)
+    exp = run(dvc("exp", "run", "-S", "prune.method=random", "-S", "prune.scope=global", "-S", "prune.sparsity=0.9",
+                  "-S", "prune.exclude=[fc1]"), root, env)
     assert "Running stage 'prepare'" not in exp.stdout
     assert "Running stage 'train_dense'" not in exp.stdout
     assert "Running stage 'train_control'" not in exp.stdout
@@ -180,7 +214,15 @@ def test_exp_run_reruns_only_the_stages_that_read_prune_params(project):
     diff = json.loads(run(dvc("metrics", "diff", "--all", "--json"), root, env).stdout)
     sparse_accuracy = diff["metrics/evaluate.json"]["sparse.accuracy"]
     assert {"old", "new"} <= set(sparse_accuracy)
-    assert sparse_accuracy["new"] == json.loads((root / "metrics" / "evaluate.json").read_text())["sparse"]["accuracy"]
+    metrics = json.loads((root / "metrics" / "evaluate.json").read_text())
+    assert sparse_accuracy["new"] == metrics["sparse"]["accuracy"]
+    # The target covers every layer but the excluded fc1: 90% of those weights, none of fc1's.
+    sparse = metrics["sparse"]
+    assert sparse["pruned_layers"] == ["conv1", "conv2", "fc2", "fc3"]
+    assert sparse["sparsity"] == pytest.approx(0.9, abs=1e-3)
+    assert sparse["layers"]["fc1"]["zeros"] == 0
+    covered = 450 + 2400 + 10080 + 336
+    assert sparse["sparsity_all_layers"] == pytest.approx(0.9 * covered / (covered + 48000), abs=1e-3)
     shown = run(dvc("plots", "show", "--json"), root, env).stdout
     for name in PLOTS:
         assert f"plots/{name}" in shown

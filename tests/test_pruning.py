@@ -53,7 +53,7 @@ def test_masks_only_lose_entries_across_rounds(sparse, method, structure):
             for p in sparse.parameters():
                 p.add_(torch.randn_like(p) * 0.05)
             sparse.apply_masks()
-        prune_model(sparse, method, scheduled_sparsity(0.8, round_index, 4), structure, seed=0,
+        prune_model(sparse, method, scheduled_sparsity(0.8, round_index, 4, "cubic"), structure, seed=0,
                     round_index=round_index)
         for name, layer in sparse.sparse_layers():
             assert not (layer.mask & ~previous[name]).any(), f"{name}: a pruned weight came back"
@@ -78,14 +78,14 @@ def test_random_pruning_is_reproducible_from_the_seed(dense):
 
 
 def test_schedules_give_the_documented_values_and_end_at_the_target():
-    assert [scheduled_sparsity(0.9, r, 3) for r in (1, 2, 3)] == pytest.approx([0.3, 0.6, 0.9])
+    assert [scheduled_sparsity(0.9, r, 3, "linear") for r in (1, 2, 3)] == pytest.approx([0.3, 0.6, 0.9])
     assert [scheduled_sparsity(0.9, r, 3, "constant") for r in (1, 2, 3)] == [0.9, 0.9, 0.9]
     # Zhu & Gupta: s_t = s_f + (s_i - s_f)(1 - t/n)^3 with s_i = 0, s_f = 0.8, n = 4
     cubic = [scheduled_sparsity(0.8, t, 4, "cubic") for t in (1, 2, 3, 4)]
     assert cubic == pytest.approx([0.8 - 0.8 * 0.75 ** 3, 0.8 - 0.8 * 0.5 ** 3, 0.8 - 0.8 * 0.25 ** 3, 0.8])
     assert cubic == pytest.approx([0.4625, 0.7, 0.7875, 0.8])
     with pytest.raises(ValueError):
-        scheduled_sparsity(0.9, 4, 3)
+        scheduled_sparsity(0.9, 4, 3, "linear")
     with pytest.raises(ValueError, match="constant, linear, cubic"):
         scheduled_sparsity(0.9, 1, 3, "exponential")
 

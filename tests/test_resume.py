@@ -4,18 +4,23 @@ a diverging loss stops with one clear error and keeps the last good checkpoint."
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
 
-from sparsenet.data import BatchLoader, make_synthetic
-from sparsenet.io import load_checkpoint
+from sparsenet.checkpoints import load_checkpoint
+from sparsenet.config import config_from_dict
+from sparsenet.data import BatchLoader, make_synthetic, save_prepared
+from sparsenet.pipeline.stage import Paths
+from sparsenet.pipeline.training_stage import resume_args
 from sparsenet.models import LeNet
 from sparsenet.training import NonFiniteLoss, fit
 
@@ -23,9 +28,12 @@ ROOT = Path(__file__).resolve().parents[1]
 PARAMS = {
     "seed": 3,
     "data": {"source": "synthetic", "image_size": 32,
-             "synthetic": {"train_size": 2000, "test_size": 200, "classes": 4}},
-    "train": {"epochs": 5, "batch_size": 64},
-    "prune": {"method": "random", "sparsity": 0.8, "schedule": "cubic", "epochs": 3, "finetune_epochs": 2},
+             "synthetic": {"train_size": 640, "test_size": 64, "classes": 4}},
+    "train": {"epochs": 4, "batch_size": 32},
+    # A rewind after every round and a cosine schedule: resuming must restore the restarted
+    # optimizer and schedule too.
+    "prune": {"method": "random", "sparsity": 0.8, "schedule": "cubic", "epochs": 3, "finetune_epochs": 2,
+              "rewind": "init", "lr_schedule": "cosine"},
 }
 OUTPUTS = {
     "train_dense": ["models/dense.pt", "models/dense_history.pt", "logs/train_dense/metrics.json",
@@ -36,7 +44,9 @@ OUTPUTS = {
 
 
 def _stage(name: str, cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(ROOT / "stages" / f"{name}.py")], cwd=cwd,
+    """Run the project copy's own stage script with its own package (so a test may edit it)."""
+    env = dict(os.environ, PYTHONPATH=str(cwd))
+    return subprocess.Popen([sys.executable, str(cwd / "stages" / f"{name}.py")], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -49,6 +59,8 @@ def _run(name: str, cwd: Path) -> str:
 
 def _project(path: Path) -> Path:
     path.mkdir()
+    for folder in ("sparsenet", "stages"):
+        shutil.copytree(ROOT / folder, path / folder, ignore=shutil.ignore_patterns("__pycache__"))
     (path / "params.yaml").write_text(yaml.safe_dump(PARAMS))
     _run("prepare", path)
     return path
@@ -66,14 +78,19 @@ def _kill_after_first_epoch(name: str, cwd: Path) -> None:
     assert process.returncode == -signal.SIGKILL, "the stage finished before it could be killed"
     assert not (cwd / OUTPUTS[name][0]).exists()
     saved = load_checkpoint(checkpoint)  # never torn: written to a temp file, then renamed
-    assert 1 <= len(saved["history"]) < 5
+    assert 1 <= len(saved["history"]) < 4
 
 
-def test_killed_stages_resume_to_the_same_results(tmp_path):
-    reference = _project(tmp_path / "reference")
-    _run("train_dense", reference)
-    _run("prune_train", reference)
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted run of both training stages."""
+    project = _project(tmp_path_factory.mktemp("resume") / "reference")
+    _run("train_dense", project)
+    _run("prune_train", project)
+    return project
 
+
+def test_killed_stages_resume_to_the_same_results(reference, tmp_path):
     killed = _project(tmp_path / "killed")
     for name in ("train_dense", "prune_train"):
         _kill_after_first_epoch(name, killed)
@@ -84,13 +101,60 @@ def test_killed_stages_resume_to_the_same_results(tmp_path):
             assert (killed / output).read_bytes() == (reference / output).read_bytes(), output
 
 
-def test_checkpoint_of_other_params_is_not_resumed(tmp_path):
-    project = _project(tmp_path / "p")
+def _rerun_after(change, project: Path) -> str:
     _kill_after_first_epoch("train_dense", project)
-    params = dict(PARAMS, train={**PARAMS["train"], "lr": 0.0005})
-    (project / "params.yaml").write_text(yaml.safe_dump(params))
-    out = _run("train_dense", project)
-    assert "other params or inputs" in out and "resuming" not in out
+    change(project)
+    return _run("train_dense", project)
+
+
+def _starts_afresh(out: str) -> None:
+    assert "resuming" not in out
+    assert out.count("starting at epoch 1") == 1, "one notice line"
+    assert "train_dense epoch 1/4" in out
+
+
+def test_checkpoint_of_other_code_is_not_resumed(reference, tmp_path):
+    def fix_a_bug(project):  # any edit of a module the stage runs
+        with open(project / "sparsenet" / "models.py", "a") as fh:
+            fh.write("\n# a fix\n")
+
+    project = _project(tmp_path / "p")
+    out = _rerun_after(fix_a_bug, project)
+    assert "left by a run with other code, params, inputs" in out
+    _starts_afresh(out)
+    assert (project / "models/dense.pt").read_bytes() == (reference / "models/dense.pt").read_bytes()
+
+
+def _fingerprint(paths: Paths, cfg) -> str:
+    return resume_args(paths, "train_dense", cfg, paths.prepared)["fingerprint"]
+
+
+def test_fingerprint_covers_params_and_every_prepared_file(tmp_path):
+    paths = Paths(prepared=tmp_path / "prepared", resume=tmp_path / "resume")
+    save_prepared(make_synthetic(40, 20, 4, 32, seed=0), paths.prepared, {"skipped": []})
+    cfg = config_from_dict(PARAMS)
+    base = _fingerprint(paths, cfg)
+    assert _fingerprint(paths, cfg) == base, "the same run has the same fingerprint"
+    assert _fingerprint(paths, config_from_dict({**PARAMS, "seed": 4})) != base
+
+    test_images = paths.prepared / "test_images.npy"
+    meta, original = (paths.prepared / "meta.json").read_bytes(), test_images.read_bytes()
+    images = np.load(test_images)
+    images[0, 0, 0, 0] ^= 1  # one test pixel: meta.json (statistics of train) stays the same
+    np.save(test_images, images)
+    assert (paths.prepared / "meta.json").read_bytes() == meta
+    assert _fingerprint(paths, cfg) != base
+    test_images.write_bytes(original)
+    assert _fingerprint(paths, cfg) == base
+
+
+def test_fingerprint_covers_the_loaded_project_code():
+    import sparsenet.pipeline.train_dense  # noqa: F401  (what the train_dense stage loads)
+    from sparsenet.pipeline.training_stage import loaded_project_files
+
+    names = {path.relative_to(ROOT).as_posix() for path in loaded_project_files() if path.is_relative_to(ROOT)}
+    assert {"sparsenet/training.py", "sparsenet/models.py", "sparsenet/data.py",
+            "sparsenet/pipeline/train_dense.py"} <= names
 
 
 def test_diverging_loss_names_epoch_and_step_and_keeps_last_good_checkpoint(tmp_path):

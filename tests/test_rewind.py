@@ -1,17 +1,22 @@
 """prune.rewind: after pruning, surviving weights go back to their dense values at init / an epoch."""
 
+import copy
 from dataclasses import fields
 
 import pytest
 import torch
 
 from sparsenet.config import ConfigError, config_from_dict
-from sparsenet.data import make_synthetic, save_prepared
+from sparsenet.data import BatchLoader, make_synthetic, save_prepared
 from sparsenet.errors import SparseNetError
-from sparsenet.io import load_checkpoint
-from sparsenet.models import SparseNet
-from sparsenet.pipeline import Paths, prune_train, rewind_state, train_dense
+from sparsenet.checkpoints import load_checkpoint
+from sparsenet.models import LeNet, SparseNet
+from sparsenet.checkpoints import rewind_state
+from sparsenet.pipeline.prune_train import prune_train
+from sparsenet.pipeline.stage import Paths
+from sparsenet.pipeline.train_dense import train_dense
 from sparsenet.pruning import prune_model
+from sparsenet.training import fit
 
 
 def test_rewind_restores_surviving_weights_and_keeps_masks(dense, sparse):
@@ -32,7 +37,7 @@ def test_rewind_restores_surviving_weights_and_keeps_masks(dense, sparse):
 def small_config(**prune):
     return config_from_dict({"seed": 0, "train": {"epochs": 2, "batch_size": 32},
                              "prune": {"method": "magnitude", "sparsity": 0.6, "epochs": 1,
-                                       "finetune_epochs": 0, **prune}})
+                                       "finetune_epochs": 1, **prune}})
 
 
 def run_in(tmp_path, cfg):
@@ -44,7 +49,7 @@ def run_in(tmp_path, cfg):
 
 
 @pytest.mark.parametrize("point", ["init", "1"])
-def test_prune_train_rewinds_to_the_stored_dense_weights(tmp_path, point):
+def test_prune_train_rewinds_then_trains_the_ticket(tmp_path, point):
     paths = run_in(tmp_path, small_config(rewind=point))
     history = load_checkpoint(paths.dense_history)
     assert {k.split(".", 1)[0] for k in history} == {"init", "epoch1", "epoch2"}
@@ -55,12 +60,61 @@ def test_prune_train_rewinds_to_the_stored_dense_weights(tmp_path, point):
     for layer in ("conv1", "conv2", "fc1", "fc2", "fc3"):
         mask = sparse[f"{layer}.mask"]
         assert not mask.all(), "pruning happened"
-        assert torch.equal(sparse[f"{layer}.weight"], target[f"{layer}.weight"] * mask)
-    assert not torch.equal(target["fc1.weight"], dense["fc1.weight"])
+        assert (sparse[f"{layer}.weight"][~mask] == 0).all()
+        moved = sparse[f"{layer}.weight"][mask] != target[f"{layer}.weight"][mask]
+        assert moved.float().mean() > 0.5, f"{layer}: the rewound weights were trained on"
+
+
+def test_rewind_without_fine_tuning_is_refused_in_one_line():
+    with pytest.raises(ConfigError, match="prune.rewind = 'init' needs prune.finetune_epochs >= 1"):
+        small_config(rewind="init", finetune_epochs=0)
+
+
+def _loaders(seed=3):
+    data = make_synthetic(96, 32, 4, 32, seed=1)
+    train = BatchLoader(data.train, 16, 0.5, 0.25, torch.device("cpu"), shuffle=True, seed=seed)
+    test = BatchLoader(data.test, 32, 0.5, 0.25, torch.device("cpu"))
+    return train, test
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_a_rewind_restarts_adam_and_the_learning_rate_schedule(schedule):
+    torch.manual_seed(0)
+    start = LeNet(4, 32)
+    first_epoch_end = {}
+
+    def rewind_after_first_epoch(model):
+        def hook(epoch, record):
+            if epoch == 1:
+                first_epoch_end.update({k: v.clone() for k, v in model.state_dict().items()})
+                model.load_state_dict(start.state_dict())
+                return True
+        return hook
+
+    rewound = copy.deepcopy(start)
+    train, test = _loaders()
+    fit(rewound, train, test, 2, 0.01, after_epoch=rewind_after_first_epoch(rewound), lr_schedule=schedule)
+
+    # The same run built by hand: one epoch's batches drawn, then a fresh Adam whose schedule
+    # spans the one remaining epoch, from the start weights.
+    fresh = copy.deepcopy(start)
+    train, test = _loaders()
+    for _ in train:
+        pass
+    fit(fresh, train, test, 1, 0.01, lr_schedule=schedule)
+    for key, value in fresh.state_dict().items():
+        assert torch.equal(rewound.state_dict()[key], value), key
+
+    # Without the restart, Adam's moments from epoch 1 would carry over: a different model.
+    carried = copy.deepcopy(start)
+    train, test = _loaders()
+    fit(carried, train, test, 2, 0.01,
+        after_epoch=lambda epoch, record: carried.load_state_dict(start.state_dict()) and None)
+    assert not torch.equal(carried.fc1.weight, rewound.fc1.weight)
 
 
 def test_unknown_rewind_point_is_refused():
-    with pytest.raises(SparseNetError, match="rewind = .7.: not in the dense training history .has: epoch1, init"):
+    with pytest.raises(SparseNetError, match="rewind = .7.: not in the dense training history .has: init, epoch1"):
         rewind_state({"init.a": torch.zeros(1), "epoch1.a": torch.zeros(1)}, "7")
 
 

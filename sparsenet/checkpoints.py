@@ -1,0 +1,192 @@
+"""Every checkpoint format the project writes, and the one way each is read back.
+
+All files open with ``torch.load(path, weights_only=True)``: tensors and plain values only.
+
+- model (``models/dense.pt``, ``control.pt``, ``sparse.pt``): a plain state dict; a SparseNet's
+  masks are ``<layer>.mask`` / ``<layer>.bias_mask``;
+- compact (``models/compact.pt``): ``{"state_dict", "widths", "image_size", "num_classes"}``;
+- dense history (``models/dense_history.pt``): ``init.<param>`` and ``epoch<N>.<param>``, the
+  weights at initialisation and after every dense epoch (the points ``prune.rewind`` goes to);
+- resume state (``.sparsenet/resume/<stage>.pt``): what a training stage needs to go on after
+  a kill (see :func:`sparsenet.training.fit`).
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from sparsenet.errors import SparseNetError
+from sparsenet.io import write_bytes
+from sparsenet.models import LAYER_NAMES, LeNet, SparseNet, default_device, feature_side
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    """Save a plain state dict (tensors and plain Python values) atomically.
+
+    Serialised in memory first: torch names the archive after the file it writes, and a temporary
+    file name would make identical models differ byte for byte.
+    """
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    write_bytes(path, buffer.getvalue())
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
+    """Load any file :func:`save_checkpoint` wrote, never unpickling code."""
+    path = Path(path)
+    if not path.is_file():
+        raise SparseNetError(f"{path}: checkpoint not found (run the stage that writes it first: dvc repro)")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        raise SparseNetError(f"{path}: not a SparseNet checkpoint (not a torch file, or one holding objects other "
+                             "than tensors and plain values, which are never unpickled)") from None
+    except Exception as exc:  # torch raises many types for corrupt / foreign files
+        first_line = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise SparseNetError(f"{path}: not a readable SparseNet checkpoint ({type(exc).__name__}: {first_line})") from None
+
+
+def plain_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A CPU, contiguous copy of the state dict (never aliasing the live parameters)."""
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
+
+
+# --------------------------------------------------------------------------- models
+
+def lenet_from_state_dict(state: Any, sparse: bool, image_size: int | None = None) -> LeNet:
+    """Rebuild LeNet / SparseNet from a state dict's tensor shapes (widths, classes, flatten).
+
+    Also takes the compact form (see :func:`compact_checkpoint`).  ``image_size`` defaults to the
+    one stored there, else the smallest input whose flatten fits fc1.  A SparseNet's masks are
+    applied on load, so weights a foreign optimizer left under a mask read as the zeros they are.
+    Raises ``ValueError`` when the state dict is not a LeNet of that size (or holds no masks when
+    ``sparse``).
+    """
+    if not isinstance(state, dict):
+        raise ValueError(f"holds a {type(state).__name__}, not a state dict")
+    declared = None
+    if "state_dict" in state:
+        declared = state.get("widths")
+        image_size = image_size or state.get("image_size")
+        state = state["state_dict"]
+        if not isinstance(state, dict):
+            raise ValueError("its state_dict is not a state dict")
+    try:
+        widths = tuple(int(state[f"{name}.weight"].shape[0]) for name in LAYER_NAMES[:-1])
+        classes, flat = int(state["fc3.weight"].shape[0]), int(state["fc1.weight"].shape[1])
+        in_channels = int(state["conv1.weight"].shape[1])
+    except (KeyError, AttributeError, IndexError):
+        raise ValueError(f"not a LeNet state dict (keys: {', '.join(map(str, list(state)[:6]))}, ...)") from None
+    if declared is not None and list(declared) != list(widths):
+        raise ValueError(f"declares widths {list(declared)} but its tensors have widths {list(widths)}")
+    if image_size is None:
+        image_size = next((s for s in range(16, 2048) if widths[1] * feature_side(s) ** 2 == flat), 0)
+    if image_size < 16 or widths[1] * feature_side(image_size) ** 2 != flat:
+        raise ValueError(f"fc1 reads {flat} features, which does not fit {image_size}x{image_size} input")
+    if sparse and "conv1.mask" not in state:
+        raise ValueError("holds a dense LeNet, expected a SparseNet with masks")
+    model = (SparseNet if sparse else LeNet)(classes, image_size, in_channels, widths)
+    try:
+        model.load_state_dict(state if sparse else {k: v for k, v in state.items() if not k.endswith("mask")})
+    except RuntimeError as exc:  # unexpected / missing keys or shapes: a different architecture
+        detail = " ".join(str(exc).split())
+        raise ValueError(f"not a LeNet of widths {list(widths)}: {detail[:300]}") from None
+    if isinstance(model, SparseNet):
+        model.apply_masks()
+    return model
+
+
+def load_model(path: Path, sparse: bool, image_size: int, num_classes: int | None = None) -> LeNet:
+    """Rebuild LeNet / SparseNet from a checkpoint for ``image_size`` input (and ``num_classes``)."""
+    try:
+        model = lenet_from_state_dict(load_checkpoint(path), sparse, image_size)
+    except ValueError as exc:
+        raise SparseNetError(f"{path}: {exc}; re-run dvc repro") from None
+    if num_classes is not None and model.num_classes != num_classes:
+        raise SparseNetError(f"{path}: checkpoint is for {model.num_classes} classes, the prepared data has "
+                             f"{num_classes}; re-run dvc repro")
+    return model.to(default_device(), memory_format=torch.channels_last)
+
+
+def compact_checkpoint(model: LeNet) -> dict:
+    """What ``models/compact.pt`` holds: the plain state dict and the layer widths (and input
+    size) that rebuild the smaller LeNet."""
+    return {"state_dict": plain_state(model), "widths": list(model.widths), "image_size": model.image_size,
+            "num_classes": model.num_classes}
+
+
+# --------------------------------------------------------------------------- dense history
+
+def history_entries(point: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` under the keys of one history point: ``init`` or an epoch number."""
+    prefix = "init." if point == "init" else f"epoch{point}."
+    return {prefix + key: value for key, value in state.items()}
+
+
+def history_points(history: dict[str, Any]) -> list[str]:
+    """The points a dense history holds, in training order: ``init``, ``epoch1``, ``epoch2``, …"""
+    return sorted({key.split(".", 1)[0] for key in history}, key=lambda p: (p != "init", len(p), p))
+
+
+def rewind_state(history: dict[str, torch.Tensor], point: str) -> dict[str, torch.Tensor]:
+    """The dense weights at ``point`` (``init`` or an epoch number) from ``dense_history.pt``."""
+    prefix = "init." if point == "init" else f"epoch{point}."
+    state = {k[len(prefix):]: v for k, v in history.items() if k.startswith(prefix)}
+    if not state:
+        raise SparseNetError(f"prune.rewind = '{point}': not in the dense training history "
+                             f"(has: {', '.join(history_points(history))})")
+    return state
+
+
+# --------------------------------------------------------------------------- what a file holds
+
+def describe(state: Any) -> tuple[str, Any]:
+    """(kind, model state) of any checkpoint the project writes, for ``sparsenet inspect``."""
+    if not isinstance(state, dict):
+        raise ValueError(f"holds a {type(state).__name__}, not a state dict")
+    if "history" in state and "model" in state:
+        return f"resume checkpoint after epoch {len(state['history'])}", state["model"]
+    if "init.conv1.weight" in state:
+        points = history_points(state)
+        return (f"dense weights at {', '.join(points)} (the points prune.rewind can go back to)",
+                {key.split(".", 1)[1]: value for key, value in state.items() if key.startswith("init.")})
+    if "state_dict" in state:
+        return "LeNet (compact: pruned structure removed)", state
+    if "conv1.mask" in state:
+        return "SparseNet (masked)", state
+    return "LeNet (dense)", state
+
+
+# --------------------------------------------------------------------------- resume state
+
+RESUME_KEYS = ("fingerprint", "history", "model", "optimizer", "scheduler", "schedule_start", "rng", "extra")
+
+
+def save_resume_state(path: Path, state: dict[str, Any]) -> None:
+    """Write a training stage's per-epoch resume state (the keys of :data:`RESUME_KEYS`)."""
+    missing = set(RESUME_KEYS) - set(state)
+    if missing:
+        raise ValueError(f"resume state lacks {', '.join(sorted(missing))}")
+    save_checkpoint(path, state)
+
+
+def load_resume_state(path: Path | None, fingerprint: str) -> tuple[dict | None, str | None]:
+    """(state, None) to resume from, or (None, a one-line notice why not; None if no file)."""
+    if path is None or not path.is_file():
+        return None, None
+    try:
+        saved = load_checkpoint(path)
+    except SparseNetError as exc:
+        return None, f"ignoring unreadable resume checkpoint: {exc}"
+    if not isinstance(saved, dict) or set(RESUME_KEYS) - set(saved):
+        return None, f"ignoring {path}: not a resume checkpoint of this version"
+    if saved["fingerprint"] != fingerprint:
+        return None, (f"ignoring {path}: it was left by a run with other code, params, inputs, torch version "
+                      "or device; starting at epoch 1")
+    return saved, None

@@ -1,0 +1,64 @@
+"""Step ``prune_train``: SparseNet from the dense model, pruned after every epoch on a schedule."""
+
+from __future__ import annotations
+
+import torch
+
+from sparsenet.analysis import layer_sparsity, overall_sparsity
+from sparsenet.checkpoints import (compact_checkpoint, load_checkpoint, load_model, plain_state, rewind_state,
+                                   save_checkpoint)
+from sparsenet.compact import compact
+from sparsenet.config import Config
+from sparsenet.models import SparseNet
+from sparsenet.pipeline.stage import Paths
+from sparsenet.pipeline.training_stage import live_logger, new_live, resume_args, training_start
+from sparsenet.pruning import prune_model, pruned_layer_names, scheduled_sparsity
+from sparsenet.training import evaluate, fit
+
+
+def prune_train(cfg: Config, paths: Paths = Paths()) -> list[dict]:
+    """Train, then prune on schedule, after every epoch → ``models/sparse.pt`` and ``compact.pt``.
+
+    Each of the ``prune.epochs`` rounds trains one epoch, records the test accuracy, prunes to
+    the round's scheduled sparsity and records the test accuracy again.  With ``prune.rewind``
+    the surviving weights then go back to their dense values at initialisation or that epoch,
+    and training goes on with a fresh Adam and the learning-rate schedule from its start (see
+    :func:`sparsenet.training.fit`).  ``prune.finetune_epochs`` further epochs then train with
+    the final masks fixed; a rewind needs at least one, so the model that leaves this step is
+    always trained (the config refuses ``rewind`` with ``finetune_epochs: 0``).  Every record
+    holds ``sparsity`` (over the layers the target covers) and ``sparsity_all_layers``.
+    """
+    dataset, train, test = training_start(cfg, paths)
+    dense = load_model(paths.dense_model, False, dataset.image_size, len(dataset.classes))
+    net = SparseNet.from_dense(dense).to(memory_format=torch.channels_last)
+    p = cfg.prune
+    rewind_to = None if p.rewind == "none" else rewind_state(load_checkpoint(paths.dense_history), p.rewind)
+    covered = pruned_layer_names(p.method, p.structure, p.exclude)
+
+    def prune_after_epoch(epoch: int, record: dict) -> bool:
+        rewound = False
+        if epoch <= p.epochs:  # pruning round; later epochs fine-tune the final masks
+            target = scheduled_sparsity(p.sparsity, epoch, p.epochs, p.schedule)
+            prune_model(net, p.method, target, p.structure, p.scope, seed=cfg.seed, round_index=epoch,
+                        exclude=tuple(p.exclude))
+            loss, accuracy = evaluate(net, test)
+            record.update({"test_loss_after_prune": loss, "test_accuracy_after_prune": accuracy})
+            if rewind_to is not None:  # lottery-ticket style: surviving weights restart from there
+                net.rewind(rewind_to)
+                rewound = True
+        layers = layer_sparsity(net)
+        record["sparsity"] = overall_sparsity(layers, covered)
+        record["sparsity_all_layers"] = overall_sparsity(layers)
+        return rewound
+
+    with new_live(paths.prune_log) as live:
+        resume = resume_args(paths, "prune_train", cfg, paths.prepared, paths.dense_model, paths.dense_history)
+        history = fit(net, train, test, p.epochs + p.finetune_epochs, p.lr, desc=f"prune_train ({p.method})",
+                      after_epoch=prune_after_epoch, log=live_logger(live), lr_schedule=p.lr_schedule,
+                      **resume)
+    save_checkpoint(paths.sparse_model, plain_state(net))
+    small = compact(net)
+    save_checkpoint(paths.compact_model, compact_checkpoint(small))
+    resume["checkpoint"].unlink(missing_ok=True)
+    print(f"compact model: widths {small.widths} (dense LeNet {net.widths}) -> {paths.compact_model}")
+    return history

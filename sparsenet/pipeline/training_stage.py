@@ -1,0 +1,106 @@
+"""What the training stages share: the seeded start, resume that knows its run, dvclive logs."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import platform
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from dvclive import Live
+
+from sparsenet.config import Config
+from sparsenet.data import BatchLoader, Dataset, load_prepared
+from sparsenet.io import atomic_dir
+from sparsenet.models import default_device
+from sparsenet.pipeline.stage import Paths
+from sparsenet.training import EVAL_BATCH_SIZE, seed_everything
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+
+
+def training_start(cfg: Config, paths: Paths) -> tuple[Dataset, BatchLoader, BatchLoader]:
+    """The seeded start of every training stage: the prepared data and its train / test batches."""
+    seed_everything(cfg.seed)
+    dataset, meta = load_prepared(paths.prepared)
+    device = default_device()
+    train = BatchLoader(dataset.train, cfg.train.batch_size, meta["mean"], meta["std"], device, shuffle=True,
+                        seed=cfg.seed)
+    test = BatchLoader(dataset.test, EVAL_BATCH_SIZE, meta["mean"], meta["std"], device)
+    return dataset, train, test
+
+
+def resume_args(paths: Paths, stage: str, cfg: Config, *inputs: Path) -> dict:
+    """``fit`` arguments that make a training stage resumable after a kill.
+
+    The fingerprint covers everything that decides the run's result: the stage, the params, the
+    project code this process has loaded, the torch and NumPy versions, the device and the bytes
+    of every input file (folders: every file inside).  A checkpoint left by a run that differs in
+    any of them is never resumed.
+    """
+    digest = hashlib.sha256()
+    digest.update(json.dumps([stage, dataclasses.asdict(cfg), torch.__version__, np.__version__,
+                              platform.machine(), _device_name()], sort_keys=True).encode())
+    for path in loaded_project_files():
+        digest.update(f"\0code {path.relative_to(PACKAGE_ROOT.parent)}\0".encode())
+        digest.update(path.read_bytes())
+    for root in inputs:
+        for path in sorted(root.rglob("*")) if root.is_dir() else [root]:
+            if path.is_file():
+                digest.update(f"\0input {path}\0".encode())
+                _update_from_file(digest, path)
+    return {"checkpoint": paths.resume / f"{stage}.pt", "fingerprint": digest.hexdigest()}
+
+
+def loaded_project_files() -> list[Path]:
+    """Source files of every ``sparsenet`` module this process has imported, and its main script."""
+    files = set()
+    for module in list(sys.modules.values()):
+        name = getattr(module, "__file__", None)
+        if name and name.endswith(".py"):
+            path = Path(name).resolve()
+            if PACKAGE_ROOT in path.parents or (module.__name__ == "__main__" and path.is_file()):
+                files.add(path)
+    return sorted(files)
+
+
+def _device_name() -> str:
+    device = default_device()
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu {platform.processor()}"
+
+
+def _update_from_file(digest: "hashlib._Hash", path: Path, block: int = 2**22) -> None:
+    with open(path, "rb") as fh:
+        while chunk := fh.read(block):
+            digest.update(chunk)
+
+
+def live_logger(live: Live) -> Callable[[dict], None]:
+    """Log one epoch's record as one dvclive step.
+
+    dvclive's summary (``metrics.json``) keeps the last value of every metric ever logged; it is
+    cleared first, so the summary shows only what the last epoch measured (e.g. no "after
+    prune" accuracy for a fine-tuning epoch, where nothing was pruned).
+    """
+    def log(record: dict) -> None:
+        live.summary = {}
+        for key, value in record.items():
+            if key != "epoch":
+                live.log_metric(key.replace("_", "/", 1) if key.startswith(("train_", "test_")) else key, value)
+        live.next_step()
+    return log
+
+
+@contextmanager
+def new_live(directory: Path) -> Iterator[Live]:
+    """dvclive per-epoch logs that replace ``directory`` whole once training has finished."""
+    with atomic_dir(directory) as partial:
+        # No dvc.yaml edits or experiment commits from inside a stage: dvc.yaml declares everything.
+        with Live(str(partial), dvcyaml=False, save_dvc_exp=False, report=None) as live:
+            yield live

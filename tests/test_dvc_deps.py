@@ -1,0 +1,107 @@
+"""dvc.yaml declares exactly the project modules each stage imports, and every file it reads.
+
+The import closure is derived statically with ``modulefinder`` from each stage's command.  What a
+stage really opens is recorded at run time by ``tests/read_audit/sitecustomize.py`` during the
+pipeline test's ``dvc repro`` (see ``undeclared_reads``, used by ``tests/test_pipeline.py``).
+"""
+
+from __future__ import annotations
+
+import modulefinder
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+TOOLING = (".git/", ".dvc/", ".dvcignore", ".gitignore", ".sparsenet/")  # DVC's and git's files; resume state
+
+
+def stage_script(stage: dict) -> str:
+    words = stage["cmd"].split()
+    assert words[0] == "python" and len(words) == 2, f"unexpected stage command {stage['cmd']!r}"
+    return words[1]
+
+
+def import_closure(script: str, root: Path = REPO) -> set[str]:
+    """Project files (relative paths) the script imports, transitively, found without running it."""
+    finder = modulefinder.ModuleFinder(path=[str(root)])  # only the project's own modules are followed
+    finder.run_script(str(root / script))
+    files = set()
+    for module in finder.modules.values():
+        if module.__file__:
+            path = Path(module.__file__).resolve()
+            if path.is_relative_to(root):
+                files.add(path.relative_to(root).as_posix())
+    return files
+
+
+def declared(stage: dict, key: str) -> list[str]:
+    """Paths listed under ``deps`` / ``outs`` / ``metrics`` / ``plots`` (entries may be mappings)."""
+    paths = []
+    for entry in stage.get(key, []):
+        paths.extend(entry if isinstance(entry, dict) else [entry])
+    return paths
+
+
+@pytest.mark.parametrize("name", list(STAGES))
+def test_stage_deps_list_exactly_the_modules_it_imports(name):
+    stage = STAGES[name]
+    closure = import_closure(stage_script(stage))
+    modules = {dep for dep in declared(stage, "deps") if dep.endswith(".py")}
+    assert closure - modules == set(), f"{name}: imports but does not depend on these"
+    assert modules - closure == set(), f"{name}: depends on modules it never imports (edits re-run it needlessly)"
+
+
+def test_import_closure_finds_transitive_and_function_level_imports(tmp_path):
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "__init__.py").write_text("")
+    (tmp_path / "pkg" / "a.py").write_text("import pkg.b\n")
+    (tmp_path / "pkg" / "b.py").write_text("def later():\n    from pkg import c\n")
+    (tmp_path / "pkg" / "c.py").write_text("import json\n")
+    (tmp_path / "pkg" / "unused.py").write_text("")
+    (tmp_path / "run.py").write_text("import pkg.a\n")
+    assert import_closure("run.py", tmp_path) == {"run.py", "pkg/__init__.py", "pkg/a.py", "pkg/b.py", "pkg/c.py"}
+
+
+def undeclared_reads(log: Path, root: Path) -> dict[str, set[str]]:
+    """Per stage script, the project files it opened for reading that its dvc.yaml entry does not cover.
+
+    Covered: its deps (files, or anything inside a folder dep), params.yaml when it declares
+    params, its own outputs and their temporary siblings (fsync reopens them), the folders that
+    hold them, and DVC's and git's own files.  A cached ``.pyc`` counts as its ``.py`` source.
+    """
+    by_script = {Path(stage_script(stage)).name: (name, stage) for name, stage in STAGES.items()}
+    missing: dict[str, set[str]] = {}
+    for line in log.read_text(encoding="utf-8").splitlines():
+        script, path = line.split("\t")
+        path_obj = Path(path)
+        if not path_obj.is_relative_to(root) or script not in by_script:
+            continue
+        relative = path_obj.relative_to(root).as_posix()
+        if "__pycache__/" in relative:  # sparsenet/__pycache__/io.cpython-311.pyc -> sparsenet/io.py
+            folder, cached = relative.split("__pycache__/")
+            relative = folder + cached.split(".")[0] + ".py"
+        name, stage = by_script[script]
+        deps = declared(stage, "deps")
+        outs = declared(stage, "outs") + declared(stage, "metrics") + declared(stage, "plots")
+        if relative.startswith(TOOLING) or relative in TOOLING or (relative == "params.yaml" and stage.get("params")):
+            continue
+        if any(relative == dep or relative.startswith(dep.rstrip("/") + "/") for dep in deps):
+            continue
+        if any(_output_or_beside(relative, out) for out in outs):
+            continue
+        missing.setdefault(name, set()).add(relative)
+    return missing
+
+
+def _output_or_beside(path: str, out: str) -> bool:
+    """``path`` is ``out``, inside it, a folder holding it, or inside a temporary sibling of any of
+    those (``.<name>.…``: atomic writes of files and whole folders)."""
+    out_path, candidate = Path(out), Path(path)
+    if candidate == out_path or out_path in candidate.parents or candidate in out_path.parents:
+        return True
+    on_the_way = [out_path, *[p for p in out_path.parents if p != Path(".")]]
+    return any(part.parent == folder.parent and part.name.startswith(f".{folder.name}.")
+               for folder in on_the_way for part in [candidate, *candidate.parents])

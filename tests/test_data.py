@@ -138,3 +138,90 @@ def test_batches_are_the_same_whether_normalised_up_front_or_per_batch(channels)
 def test_synthetic_data_is_deterministic():
     a, b = make_synthetic(20, 5, 4, 32, seed=7), make_synthetic(20, 5, 4, 32, seed=7)
     assert torch.equal(a.train.images, b.train.images) and torch.equal(a.test.labels, b.test.labels)
+
+
+# --------------------------------------------------------------------------- train/test leakage
+
+@pytest.mark.parametrize("test_dir", [".", "train", "train/cat"])
+def test_identical_or_nested_train_and_test_folders_are_refused(tmp_path, test_dir):
+    write_mixed_folder(tmp_path / "train")
+    train = tmp_path / "train" if test_dir != "." else tmp_path / "train"
+    test = tmp_path / "train" if test_dir == "." else tmp_path / test_dir
+    if test_dir == "train":
+        train = tmp_path / "train" / "cat"  # train inside test
+    with pytest.raises(SparseNetError) as err:
+        load_folder(train, test, 32)
+    message = str(err.value)
+    assert "\n" not in message and "data.train_dir" in message and "data.test_dir" in message
+    assert "same folder" in message or "lies inside" in message
+
+
+def test_images_in_both_train_and_test_are_counted_and_listed(tmp_path):
+    from sparsenet.data import train_test_duplicates
+
+    write_mixed_folder(tmp_path / "train")
+    write_mixed_folder(tmp_path / "test")  # the same generator: byte-identical files in both
+    (tmp_path / "test" / "cat" / "rgb.png").write_bytes(b"")  # now empty: skipped, not a duplicate
+    dataset = load_folder(tmp_path / "train", tmp_path / "test", 32)
+    duplicates = train_test_duplicates(dataset, limit=3)
+    assert duplicates["count"] == len(dataset.test) == 7
+    assert len(duplicates["first"]) == 3
+    first = duplicates["first"][0]
+    assert Path(first["test"]).relative_to(tmp_path / "test") == Path(first["train"]).relative_to(tmp_path / "train")
+
+
+def test_synthetic_and_idx_sources_are_checked_for_duplicates_too(tmp_path):
+    from sparsenet.data import train_test_duplicates
+
+    data = make_synthetic(30, 10, 3, 16, seed=0)
+    assert train_test_duplicates(data) == {"count": 0, "first": []}
+    images = np.zeros((5, 28, 28), dtype=np.uint8)
+    images[2, 0, 0] = 9
+    for prefix in ("train", "t10k"):
+        write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", images)
+        write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", np.arange(5))
+    duplicates = train_test_duplicates(load_fashion_mnist(tmp_path, download=False))
+    assert duplicates["count"] == 5  # four blank images match the first blank one; one marked image
+    assert {"test": "t10k-images-idx3-ubyte.gz[2]", "train": "train-images-idx3-ubyte.gz[2]"} in duplicates["first"]
+
+
+# --------------------------------------------------------------------------- memory and statistics
+
+def test_arrays_that_cannot_fit_in_memory_are_refused_before_allocating():
+    from sparsenet.data import available_memory
+
+    assert available_memory() and available_memory() > 0
+    with pytest.raises(SparseNetError) as err:  # 2M images of 3x512x512: 1.5 TiB
+        make_synthetic(1_000_000, 1_000_000, 4, 512, seed=0)
+    message = str(err.value)
+    assert "data.image_size = 512" in message and "1,464.8 GiB" in message and "memory available" in message
+
+
+def test_pixel_statistics_are_exact_without_a_float_copy_of_the_split():
+    from sparsenet.data import pixel_statistics
+
+    images = torch.tensor([0, 255, 255, 0, 51, 204], dtype=torch.uint8).reshape(3, 1, 1, 2)
+    mean, std = pixel_statistics(images, chunk=2)  # chunks of 2 images: 2 + 1
+    assert mean == pytest.approx(0.5, abs=1e-15)
+    values = np.array([0, 255, 255, 0, 51, 204]) / 255
+    assert std == pytest.approx(values.std(ddof=1), abs=1e-15)
+    large = torch.randint(0, 256, (37, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    reference = large.double() / 255
+    ours = pixel_statistics(large, chunk=5)
+    assert ours[0] == pytest.approx(reference.mean().item(), abs=1e-12)
+    assert ours[1] == pytest.approx(reference.std().item(), abs=1e-12)
+
+
+def test_prepared_folder_is_replaced_whole_or_not_at_all(tmp_path):
+    out = tmp_path / "prepared"
+    old = make_synthetic(20, 10, 3, 16, seed=1)
+    save_prepared(old, out, {"skipped": []})
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    new = make_synthetic(40, 10, 3, 16, seed=2)
+    with pytest.raises(TypeError):  # fails after the arrays are written: the report is not JSON
+        save_prepared(new, out, {"skipped": [], "bad": object()})
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prepared"], "no side folder left behind"
+    save_prepared(new, out, {"skipped": []})
+    again, _ = load_prepared(out)
+    assert torch.equal(again.train.images, new.train.images)

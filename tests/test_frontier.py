@@ -37,3 +37,23 @@ def test_sweep_points_cover_methods_and_structures():
     points = sweep_points(["magnitude", "structured"], [0.5, 0.9], ["filters", "channels"])
     assert len(points) == 2 + 4
     assert {"prune.method": "structured", "prune.sparsity": "0.9", "prune.structure": "channels"} in points
+
+
+def test_keys_missing_from_an_experiments_params_take_the_configs_defaults():
+    from sparsenet.config import PruneConfig
+
+    rev = _rev("old-exp", "magnitude", 0.9, 0.9)
+    del rev["data"]["params"]["params.yaml"]["data"]["prune"]["schedule"]  # params.yaml without the key
+    (row,) = collect_points([{"rev": "workspace", "data": rev["data"], "experiments": None}])
+    assert row["schedule"] == PruneConfig().schedule == "cubic"
+    assert row["scope"] == PruneConfig().scope and row["line"] == "magnitude (global)"
+
+
+def test_rows_carry_the_sparsity_over_covered_and_over_all_layers():
+    rev = _rev("exclude-fc1", "magnitude", 0.9, 0.88)
+    rev["data"]["params"]["params.yaml"]["data"]["prune"]["exclude"] = ["fc1"]
+    sparse = rev["data"]["metrics"]["metrics/evaluate.json"]["data"]["sparse"]
+    sparse["sparsity_all_layers"] = 0.2
+    (row,) = collect_points([{"rev": "workspace", "data": rev["data"], "experiments": None}])
+    assert (row["sparsity"], row["sparsity_all_layers"]) == (0.9, 0.2)
+    assert row["line"] == "magnitude (global), fc1 dense" and row["exclude"] == "fc1"

@@ -86,3 +86,60 @@ def test_atomic_writes_get_a_new_files_mode_not_a_private_one(tmp_path):
     finally:
         os.umask(umask)
     assert stat.S_IMODE((tmp_path / "out.json").stat().st_mode) == 0o644
+
+
+def test_atomic_writes_never_change_the_process_umask(tmp_path, monkeypatch):
+    def forbidden(_mask):  # another thread creating files meanwhile would get a wrong mode
+        raise AssertionError("os.umask was called")
+
+    umask = os.umask(0o027)
+    os.umask(umask)  # read it (before the guard is in place), then restore it
+    monkeypatch.setattr(os, "umask", forbidden)
+    write_text(tmp_path / "out.json", "{}")
+    assert stat.S_IMODE((tmp_path / "out.json").stat().st_mode) == 0o666 & ~umask
+
+
+def _recording(monkeypatch, events):
+    """Record fsync (of which path) and rename calls while passing them through."""
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        return real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", str(src), str(dst)))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+
+
+def test_atomic_write_flushes_the_file_before_the_rename_and_the_folder_after(tmp_path, monkeypatch):
+    events = []
+    _recording(monkeypatch, events)
+    write_text(tmp_path / "metrics.json", "{}")
+    (rename,) = [e for e in events if e[0] == "replace"]
+    assert rename[2] == str(tmp_path / "metrics.json")
+    position = events.index(rename)
+    assert ("fsync", rename[1]) in events[:position], "the new file's data is on disk before it replaces the old"
+    assert ("fsync", str(tmp_path)) in events[position:], "the rename itself is on disk"
+
+
+def test_atomic_dir_flushes_every_new_file_before_the_swap(tmp_path, monkeypatch):
+    from sparsenet.io import atomic_dir
+
+    events = []
+    _recording(monkeypatch, events)
+    target = tmp_path / "prepared"
+    target.mkdir()
+    (target / "old.npy").write_text("old")
+    with atomic_dir(target) as partial:
+        (partial / "a.npy").write_text("a")
+        (partial / "sub").mkdir()
+        (partial / "sub" / "b.json").write_text("b")
+    flushed = {e[1] for e in events if e[0] == "fsync"}
+    assert {str(partial / "a.npy"), str(partial / "sub" / "b.json"), str(partial / "sub"), str(partial),
+            str(tmp_path)} <= flushed
+    assert sorted(p.name for p in target.iterdir()) == ["a.npy", "sub"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prepared"]

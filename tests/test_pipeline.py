@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import shutil
@@ -46,8 +47,11 @@ def run(args: list[str], cwd: Path, env: dict, check: bool = True) -> subprocess
     return result
 
 
-def make_project(root: Path, params: dict) -> dict:
-    """Copy the project into ``root``, commit it to a fresh git repo; return the env to run in."""
+def make_project(root: Path, params: dict, params_text: str | None = None) -> dict:
+    """Copy the project into ``root``, commit it to a fresh git repo; return the env to run in.
+
+    ``params_text``, if given, is written as params.yaml instead of ``params`` dumped plainly.
+    """
     for name in PROJECT_FILES:
         src, dst = REPO / name, root / name
         dst.parent.mkdir(parents=True, exist_ok=True)
@@ -55,7 +59,7 @@ def make_project(root: Path, params: dict) -> dict:
             shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(src, dst)
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (root / "params.yaml").write_text(params_text or yaml.safe_dump(params, sort_keys=False))
     env = dict(os.environ)
     env.update({
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
@@ -260,6 +264,10 @@ def test_folder_source_reruns_prepare_when_images_are_added_and_never_touches_th
     assert "skipped 4 unreadable file(s)" in first.stdout
     report = json.loads((tmp_path / "data" / "prepared" / "report.json").read_text())
     assert report["skipped_count"] == 4 and report["train_images"] == 8 and report["classes"] == ["cat", "dog"]
+    # The same generator made both folders: every test image is also in train.
+    assert report["train_test_duplicates"]["count"] == 8
+    assert {"test": "data/test/cat/alpha.png", "train": "data/train/cat/alpha.png"} in report["train_test_duplicates"]["first"]
+    assert "warning: 8 test image(s) are byte-identical to training images" in first.stdout
     assert "Running stage" not in run(dvc("repro", "prepare"), tmp_path, env).stdout
     Image.new("RGB", (10, 10), "red").save(tmp_path / "data" / "train" / "cat" / "new.png")
     second = run(dvc("repro", "prepare"), tmp_path, env)
@@ -286,3 +294,49 @@ def test_frontier_sweep_queues_experiments_and_plots_them(tmp_path):
     for row in rows:
         assert abs(float(row["sparsity"]) - float(row["target_sparsity"])) < 0.01
     assert (tmp_path / "plots" / "frontier.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def commented_params(overrides: dict) -> str:
+    """The shipped params.yaml with ``overrides`` applied, its comments and their column kept."""
+    from ruamel.yaml import YAML  # DVC's own YAML library: it edits params.yaml the same way
+
+    def apply(node, values):
+        for key, value in values.items():
+            if isinstance(value, dict):
+                apply(node[key], value)
+            else:
+                node[key] = value
+
+    yaml_rt = YAML()
+    data = yaml_rt.load((REPO / "params.yaml").read_text())
+    apply(data, overrides)
+    out = io.StringIO()
+    yaml_rt.dump(data, out)
+    return out.getvalue()
+
+
+def test_a_failed_experiment_leaves_the_bad_params_visible_to_git(tmp_path):
+    """After `dvc exp run -S prune.method=magnitud` fails, git shows params.yaml modified and
+    `git checkout -- params.yaml` restores it (DVC's clean-up would otherwise hide the edit).
+
+    The defect needs a same-size edit (hence the commented params file, whose comment column
+    absorbs the shorter value), the failing stage to be the first DVC handles (``-s``) and a
+    same-second coincidence that holds ~85-90% of the time: three attempts.
+    """
+    tiny = {"data": {"source": "synthetic", "image_size": 32,
+                     "synthetic": {"train_size": 128, "test_size": 32, "classes": 4}},
+            "train": {"epochs": 1, "batch_size": 32}, "prune": {"epochs": 1, "finetune_epochs": 0}}
+    env = make_project(tmp_path, {}, params_text=commented_params(tiny))
+    run(dvc("repro", "train_dense"), tmp_path, env)
+    run(["git", "add", "-A"], tmp_path, env)
+    run(["git", "commit", "-qm", "baseline"], tmp_path, env)
+    committed = (tmp_path / "params.yaml").read_bytes()
+    for attempt in range(1, 4):
+        exp = run(dvc("exp", "run", "-s", "prune_train", "-S", "prune.method=magnitud"), tmp_path, env, check=False)
+        assert exp.returncode != 0 and "prune.method = 'magnitud' is not allowed" in exp.stderr, exp.stderr
+        edited = (tmp_path / "params.yaml").read_bytes()
+        assert b"method: magnitud " in edited and len(edited) == len(committed), "a same-size edit"
+        status = run(["git", "status", "--porcelain", "--", "params.yaml"], tmp_path, env).stdout
+        assert status.strip() == "M params.yaml", f"attempt {attempt}: git shows the edited params.yaml clean"
+        run(["git", "checkout", "--", "params.yaml"], tmp_path, env)
+        assert (tmp_path / "params.yaml").read_bytes() == committed, f"attempt {attempt}: checkout did nothing"

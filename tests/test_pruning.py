@@ -64,7 +64,8 @@ def test_masks_only_lose_entries_across_rounds(sparse, method, structure):
 def test_every_class_output_keeps_a_weight(sparse, method):
     prune_model(sparse, method, 0.99, seed=0)
     assert sparse.fc3.mask.any(dim=1).all()
-    assert sparse.fc3.bias_mask.all()
+    assert (sparse.fc3.weight != 0).any(dim=1).all(), "each class output still reads a non-zero weight"
+    assert sparse.fc3.mask.sum() == 10, "exactly one weight per class output survives 99%"
 
 
 def test_random_pruning_is_reproducible_from_the_seed(dense):
@@ -178,3 +179,24 @@ def test_global_pruning_protects_the_classifier_even_when_it_is_not_last_in_the_
 def test_excluding_an_unknown_layer_is_refused(sparse):
     with pytest.raises(ValueError, match="fc9.*conv1, conv2, fc1, fc2, fc3"):
         prune_model(sparse, "magnitude", 0.5, exclude=("fc9",))
+
+
+@pytest.mark.parametrize("method", ["magnitude", "random"])
+@pytest.mark.parametrize("scope", ["layer", "global"])
+def test_every_round_reaches_exactly_its_scheduled_sparsity(sparse, method, scope):
+    """Later rounds prune the earlier rounds' zeros first, then new weights up to the round's target."""
+    for round_index in range(1, 5):
+        with torch.no_grad():  # training between rounds changes magnitudes
+            for p in sparse.parameters():
+                p.add_(torch.randn_like(p) * 0.05)
+            sparse.apply_masks()
+        target = scheduled_sparsity(0.9, round_index, 4, "cubic")
+        prune_model(sparse, method, target, scope=scope, seed=0, round_index=round_index)
+        layers = dict(sparse.sparse_layers())
+        if scope == "layer":
+            for name, layer in layers.items():
+                assert int((~layer.mask).sum()) == round(target * layer.mask.numel()), (round_index, name)
+        else:
+            total = sum(layer.mask.numel() for layer in layers.values())
+            zeros = sum(int((~layer.mask).sum()) for layer in layers.values())
+            assert zeros == round(target * total), round_index

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -39,8 +40,10 @@ def run_stage(step: Step, params: str | Path = "params.yaml") -> None:
 
     When the step fails in any way, ``params`` gets a new modification time (its content is left
     alone).  Why: after a failed ``dvc exp run -S key=bad``, DVC's clean-up resets git's index
-    with the stat data of the edited params file, so git would take the bad value for the
-    committed one and the next ``dvc exp run`` would silently start from it again.
+    keeping the stat data of an earlier write of the params file; the edited file has the same
+    size and, within the same second, the same time to git, which then shows it clean,
+    ``git checkout -- params.yaml`` does nothing, and the next ``dvc exp run`` starts from the
+    bad value again.
     """
     keep_freed_memory()
     try:
@@ -53,8 +56,13 @@ def run_stage(step: Step, params: str | Path = "params.yaml") -> None:
 
 
 def _touch(path: Path) -> None:
+    """Set ``path``'s modification time one second ahead (access time kept).
+
+    One second ahead, because git compares whole seconds: "now" can fall in the very second of
+    DVC's write that git remembers.
+    """
     try:
-        os.utime(path)
+        os.utime(path, ns=(path.stat().st_atime_ns, time.time_ns() + 1_000_000_000))
     except OSError:
         pass  # nothing to protect, or not ours to touch
 

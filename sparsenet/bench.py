@@ -29,6 +29,7 @@ from torch import nn
 
 from sparsenet.analysis import model_cost, throughput
 from sparsenet.compact import compact
+from sparsenet.errors import one_line_errors
 from sparsenet.data import BatchLoader, Split, load_prepared, make_synthetic
 from sparsenet.io import write_json
 from sparsenet.models import LeNet, SparseNet, default_device, enforce_masks_after_steps
@@ -272,7 +273,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.quick:
         args.images, args.repeats = 256, 1
-    results = run(args.images, args.batch_size, args.repeats, args.prepared)
+    with one_line_errors():
+        results = run(args.images, args.batch_size, args.repeats, args.prepared)
     write_json(args.out, results)
     print(report(results))
     print(f"-> {args.out}")

@@ -34,7 +34,9 @@ def write_report(cfg: Config, metrics: dict, speed: dict, figures: list[Path], o
         f"epoch(s) (lr {p.lr:g}, {p.lr_schedule}); rewind {p.rewind}; excluded layers: "
         f"{', '.join(p.exclude) or 'none'}.",
         "",
-        f"**Sparse test accuracy {sparse['accuracy']:.2%} at {sparse['sparsity']:.2%} sparsity**: "
+        f"**Sparse test accuracy {sparse['accuracy']:.2%} at {sparse['sparsity']:.2%} sparsity** "
+        f"(of the layers the target covers: {', '.join(sparse['pruned_layers'])}; "
+        f"{sparse['sparsity_all_layers']:.2%} of all weights): "
         f"{-sparse['accuracy_drop'] * 100:+.2f} points vs the dense model, "
         f"{-sparse['accuracy_drop_vs_control'] * 100:+.2f} vs the control (dense, trained for as many "
         "epochs in total).",

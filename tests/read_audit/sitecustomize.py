@@ -26,11 +26,11 @@ def _record(event, args):
         return
     if mode is None and isinstance(flags, int) and flags & _WRITE_FLAGS:
         return
-    with open(_LOG, "a", encoding="utf-8") as log:  # nested open: audit hooks are not re-entered for it? guard below
+    with open(_LOG, "a", encoding="utf-8") as log:  # raises an "open" event too: see _busy
         log.write(f"{os.path.basename(script)}\t{os.path.abspath(os.fsdecode(path))}\n")
 
 
-_busy = False
+_busy = False  # the hook's own open() of the log must not be recorded (nor recurse)
 
 
 def _hook(event, args):

@@ -14,7 +14,7 @@ import copy
 import torch
 from torch import nn
 
-from sparsenet.models import LeNet
+from sparsenet.models import LeNet, sparse_layers
 from sparsenet.options import LAYER_NAMES
 
 
@@ -49,10 +49,13 @@ def kept_channels(model: LeNet) -> list[torch.Tensor]:
 def compact(model: LeNet) -> LeNet:
     """A dense LeNet without the removable filters, channels and units of ``model``.
 
-    Works on any LeNet / SparseNet; a SparseNet's weights are already exact zeros where masked.
-    ``model`` itself is left as it is (the compact copy is built on the CPU).
+    Works on any LeNet / SparseNet; a SparseNet's masks decide what is zero, even where its stored
+    weights are not (an optimizer that ignores the masks).  ``model`` itself is left as it is (the
+    compact copy is built on the CPU).
     """
     model = copy.deepcopy(model).cpu()
+    for _, layer in sparse_layers(model):  # what the forward pass uses, whatever an optimizer stored
+        layer.apply_mask()
     k1, k2, k3, k4 = kept_channels(model)
     side = model.flat_side
     features = k2.repeat_interleave(side * side)  # conv2 channel → its fc1 inputs

@@ -162,6 +162,11 @@ def _check_values(cfg: Config, source: str) -> None:
         one_of("prune.exclude", name, options.LAYER_NAMES)
     if set(cfg.prune.exclude) >= set(options.LAYER_NAMES):
         fail("prune.exclude", cfg.prune.exclude, "a list that leaves at least one layer to prune")
+    if cfg.prune.method == "structured":
+        kept = options.STRUCTURE_KEEPS[cfg.prune.structure]
+        if set(cfg.prune.exclude) | {kept} >= set(options.LAYER_NAMES):
+            fail("prune.exclude", cfg.prune.exclude, f"a list that leaves at least one layer to prune (structured "
+                 f"{cfg.prune.structure} never prunes {kept})")
     for key, (low, high) in options.INT_RANGES.items():
         value = _get(cfg, key)
         if not low <= value <= high:

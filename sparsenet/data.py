@@ -47,18 +47,55 @@ DUPLICATE_EXAMPLES = 10  # pairs listed in the prepare report
 
 
 def available_memory() -> int | None:
-    """Bytes of memory this machine can still give without swapping (None if unknown)."""
+    """Bytes this process can still allocate (None if unknown): the least of the machine's free
+    memory, the process's data and address-space limits (``ulimit``) and its cgroup's limit."""
+    meminfo = _kib_fields("/proc/meminfo")
+    status = _kib_fields("/proc/self/status")
+    candidates = []
+    if "MemAvailable" in meminfo:
+        candidates.append(meminfo["MemAvailable"])
     try:
-        with open("/proc/meminfo", encoding="ascii") as fh:
+        import resource
+
+        for limit, used in ((resource.RLIMIT_DATA, "VmData"), (resource.RLIMIT_AS, "VmSize")):
+            soft = resource.getrlimit(limit)[0]
+            if soft != resource.RLIM_INFINITY and used in status:
+                candidates.append(max(soft - status[used], 0))
+    except (ImportError, OSError, ValueError):
+        pass
+    candidates.extend(_cgroup_room())
+    return min(candidates) if candidates else None
+
+
+def _kib_fields(path: str) -> dict[str, int]:
+    """``Name: <n> kB`` lines of a /proc file, in bytes."""
+    fields_ = {}
+    try:
+        with open(path, encoding="ascii") as fh:
             for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+                name, _, rest = line.partition(":")
+                parts = rest.split()
+                if len(parts) == 2 and parts[1] == "kB" and parts[0].isdigit():
+                    fields_[name] = int(parts[0]) * 1024
     except OSError:
         pass
+    return fields_
+
+
+def _cgroup_room() -> list[int]:
+    """Memory left under this process's cgroup (v2) limit, if it has one."""
     try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
+        with open("/proc/self/cgroup", encoding="ascii") as fh:
+            path = next((line.strip()[3:] for line in fh if line.startswith("0::")), None)
+        if path is None:
+            return []
+        folder = Path("/sys/fs/cgroup") / path.lstrip("/")
+        limit = (folder / "memory.max").read_text().strip()
+        if limit == "max":
+            return []
+        return [max(int(limit) - int((folder / "memory.current").read_text()), 0)]
+    except (OSError, ValueError):
+        return []
 
 
 def check_memory(images: int, channels: int, image_size: int, bytes_per_value: int = 1,
@@ -197,20 +234,39 @@ def make_synthetic(train_size: int, test_size: int, classes: int, image_size: in
     return Dataset(train, test, [f"class_{i}" for i in range(classes)], origins=origins, digests=digests)
 
 
-# Full scale of the integer and float modes PIL decodes deep images to.  16-bit files open as
-# ``I;16*`` or (PNG, TIFF) as ``I``; both are read as 16-bit, 0..65535.  Float (``F``) images are
-# taken as 0..1.  Values beyond the scale are clipped; an image's own maximum is never used, so a
-# mid-grey image stays mid-grey.
-DEEP_MODE_FULL_SCALE = {"I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I;16N": 65535.0, "I": 65535.0,
-                        "F": 1.0}
+def full_scale(img: Image.Image) -> float | None:
+    """The value that means white for a deep (16-bit, 32-bit or float) image; None for 8-bit modes.
+
+    ``I;16*``: 65535.  ``F`` (float): 1.0, i.e. floats are taken as 0..1.  ``I`` (32-bit integer)
+    is what 16-bit PGM and 32-bit TIFF both open as, so the file's own declaration decides: a
+    PGM's maxval, a TIFF's bits per sample (and sign); otherwise 16-bit.  The scale is the type's
+    range, never the image's own maximum, so a mid-grey image stays mid-grey.
+    """
+    if img.mode == "F":
+        return 1.0
+    if img.mode.startswith("I;16"):
+        return 65535.0
+    if img.mode != "I":
+        return None
+    maxval = getattr(img, "_maxval", None)  # PGM / PPM header
+    if isinstance(maxval, int) and maxval > 0:
+        return float(maxval)
+    tags = getattr(img, "tag_v2", None)
+    bits = tags.get(258) if tags is not None else None  # TIFF BitsPerSample
+    if bits:
+        depth = int(bits[0] if isinstance(bits, (tuple, list)) else bits)
+        signed = tags.get(339) in (2, (2,))  # TIFF SampleFormat: 2 = signed integer
+        return float(2 ** (depth - 1) - 1 if signed else 2 ** depth - 1)
+    return 65535.0
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
-    """Any PIL mode → 8-bit RGB by the mode's full scale; transparency is composited onto black."""
+    """Any PIL mode → 8-bit RGB by the type's full scale; transparency is composited onto black."""
+    scale = full_scale(img)  # before exif_transpose, which returns a copy without the file's tags
     img = ImageOps.exif_transpose(img)
-    if img.mode in DEEP_MODE_FULL_SCALE:
+    if scale is not None:
         arr = np.asarray(img, dtype=np.float64)
-        scaled = np.nan_to_num(arr / DEEP_MODE_FULL_SCALE[img.mode] * 255.0, nan=0.0)
+        scaled = np.nan_to_num(arr / scale * 255.0, nan=0.0)
         img = Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), "L")
     if img.mode == "P" or img.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
         img = img.convert("RGBA")
@@ -380,20 +436,17 @@ def load_source(cfg: DataConfig, seed: int) -> Dataset:
 
 # --------------------------------------------------------------------------- prepared form
 
-def pixel_statistics(images: torch.Tensor, chunk: int = 4096) -> tuple[float, float]:
+def pixel_statistics(images: torch.Tensor) -> tuple[float, float]:
     """Mean and (unbiased) standard deviation of uint8 images' values, scaled to [0, 1].
 
-    Exact: integer sums over chunks, so no float copy of the whole split is ever made and the
-    result does not depend on the summation order.
+    From a histogram of the 256 possible values: exact (integer sums, one rounding at the end)
+    and without any copy of the split (a float copy of 60,000 64×64 images is 1 GB).
     """
-    flat = images.reshape(len(images), -1)
-    total, squares = 0, 0
-    for start in range(0, len(flat), chunk):
-        part = flat[start:start + chunk].to(torch.int64)
-        total += int(part.sum())
-        squares += int((part * part).sum())
-    count = flat.numel()
-    variance = (squares * count - total * total) / (count * max(count - 1, 1))  # one rounding, at the end
+    counts = torch.bincount(images.reshape(-1), minlength=256).tolist()
+    count = sum(counts)
+    total = sum(value * n for value, n in enumerate(counts))
+    squares = sum(value * value * n for value, n in enumerate(counts))
+    variance = (squares * count - total * total) / (count * max(count - 1, 1))
     return total / count / 255.0, variance ** 0.5 / 255.0
 
 
@@ -418,14 +471,36 @@ def save_prepared(dataset: Dataset, out_dir: str | Path, report: dict) -> None:
         write_json(partial / "report.json", report)
 
 
+PREPARED_META_KEYS = ("classes", "image_size", "mean", "std")
+
+
 def load_prepared(prepared_dir: str | Path) -> tuple[Dataset, dict]:
-    """Read what :func:`save_prepared` wrote; returns the dataset and its meta."""
+    """Read what :func:`save_prepared` wrote; returns the dataset and its meta.
+
+    Missing, corrupt or inconsistent files stop with one line naming the file.
+    """
     prepared_dir = Path(prepared_dir)
+    again = "re-run the prepare stage (dvc repro)"
     meta = read_json(prepared_dir / "meta.json")
+    missing = [key for key in PREPARED_META_KEYS if not isinstance(meta, dict) or key not in meta]
+    if missing:
+        raise SparseNetError(f"{prepared_dir / 'meta.json'}: lacks {', '.join(missing)}; {again}")
     splits = {}
     for name in SPLITS:
-        arrays = [np.load(prepared_dir / f"{name}_{kind}.npy") for kind in ("images", "labels")]
-        splits[name] = Split(torch.from_numpy(arrays[0]), torch.from_numpy(arrays[1]))
+        arrays = []
+        for kind in ("images", "labels"):
+            path = prepared_dir / f"{name}_{kind}.npy"
+            try:
+                arrays.append(np.load(path))
+            except FileNotFoundError:
+                raise SparseNetError(f"{path}: not found; {again}") from None
+            except (ValueError, OSError, EOFError) as exc:
+                raise SparseNetError(f"{path}: not a readable NumPy array ({exc}); {again}") from None
+        images, labels = arrays
+        if images.dtype != np.uint8 or images.ndim != 4 or labels.shape != (len(images),):
+            raise SparseNetError(f"{prepared_dir}: {name} images {images.dtype} {images.shape} and labels "
+                                 f"{labels.shape} do not fit together; {again}")
+        splits[name] = Split(torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64, copy=False)))
     return Dataset(splits["train"], splits["test"], meta["classes"]), meta
 
 

@@ -25,6 +25,7 @@ from typing import Iterator
 from sparsenet.errors import SparseNetError, one_line_errors
 from sparsenet.io import write_text
 from sparsenet.options import PRUNE_METHODS, PRUNE_STRUCTURES, default
+from sparsenet.pruning import pruned_layer_names
 
 DEFAULT_SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98)
 COLUMNS = ("experiment", "line", "method", "structure", "scope", "schedule", "exclude", "target_sparsity",
@@ -71,6 +72,9 @@ def queue_sweep(points: list[dict[str, str]], extra: list[str], jobs: int, poll_
 
 
 UNFINISHED = ("queued", "running", "failed")
+# Params besides method, structure, scope and exclude that make a different line when not at
+# their default (the schedule also splits lines in the figure).
+VARIANT_KEYS = ("rewind", "epochs", "finetune_epochs", "lr", "lr_schedule")
 
 
 def _entries(exp_show: list) -> Iterator[dict]:
@@ -103,15 +107,17 @@ def collect_points(exp_show: list) -> list[dict]:
         method = param("method")
         structure = param("structure") if method == "structured" else ""
         scope = param("scope") if method != "structured" else "layer"
-        exclude = " ".join(param("exclude") or [])
+        exclude = param("exclude") or []
         line = f"structured ({structure})" if structure else f"{method} ({scope})"
-        line += f", {exclude} dense" if exclude else ""
+        line += f", {' '.join(exclude)} dense" if exclude else ""
+        line += "".join(f", {key} {param(key)}" for key in VARIANT_KEYS if param(key) != default(f"prune.{key}"))
         sparse = metrics["sparse"]
         row = {
             "experiment": entry.get("name") or data.get("rev") or entry.get("rev", ""),
             "line": line, "method": method, "structure": structure, "scope": scope,
-            "schedule": param("schedule"), "exclude": exclude, "target_sparsity": param("sparsity"),
-            "sparsity": sparse["sparsity"], "sparsity_all_layers": sparse.get("sparsity_all_layers", sparse["sparsity"]),
+            "schedule": param("schedule"), "exclude": " ".join(exclude), "target_sparsity": param("sparsity"),
+            "sparsity": _covered_sparsity(sparse, method, structure, exclude),
+            "sparsity_all_layers": sparse.get("sparsity_all_layers", sparse["sparsity"]),
             "accuracy": sparse["accuracy"], "dense_accuracy": metrics["dense"]["accuracy"],
             "control_accuracy": (metrics.get("control") or {}).get("accuracy"),
         }
@@ -120,6 +126,16 @@ def collect_points(exp_show: list) -> list[dict]:
             seen.add(key)
             rows.append(row)
     return sorted(rows, key=lambda r: (r["line"], r["sparsity"]))
+
+
+def _covered_sparsity(sparse: dict, method: str, structure: str, exclude: list[str]) -> float:
+    """``sparse.sparsity`` over the layers the target covers; recomputed from the per-layer counts
+    for experiments older than that definition (their ``sparsity`` counted every layer)."""
+    if "pruned_layers" in sparse or "layers" not in sparse:
+        return sparse["sparsity"]
+    covered = [sparse["layers"][name] for name in pruned_layer_names(method, structure or "filters", exclude)
+               if name in sparse["layers"]]
+    return sum(layer["zeros"] for layer in covered) / sum(layer["total"] for layer in covered)
 
 
 def plot_frontier(rows: list[dict], png: Path, table: Path) -> None:

@@ -38,6 +38,17 @@ def _fsync_tree(root: Path) -> None:
         fsync_path(folder)
 
 
+def make_dirs(folder: Path) -> None:
+    """``mkdir -p`` that also flushes each new folder's entry in its parent to disk."""
+    missing = []
+    while not folder.is_dir():
+        missing.append(folder)
+        folder = folder.parent
+    for new in reversed(missing):
+        new.mkdir(exist_ok=True)
+        fsync_path(new.parent)
+
+
 def _new_temp_file(path: Path) -> Path:
     """Create an empty, unique temporary file beside ``path`` with a new file's usual mode."""
     for _ in range(100):
@@ -54,7 +65,7 @@ def _new_temp_file(path: Path) -> Path:
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; it replaces ``path`` durably only if the block succeeds."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(path.parent)
     tmp = _new_temp_file(path)
     try:
         yield tmp
@@ -90,7 +101,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     elsewhere the old one is moved aside to ``.<name>.old`` for the instant of the swap.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(path.parent)
     partial, old = path.with_name(f".{path.name}.partial"), path.with_name(f".{path.name}.old")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir()

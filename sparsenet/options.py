@@ -14,6 +14,9 @@ PRUNE_SCOPES = ("layer", "global")
 PRUNE_SCHEDULES = ("constant", "linear", "cubic")
 LAYER_NAMES = ("conv1", "conv2", "fc1", "fc2", "fc3")  # LeNet's weight layers, input to output
 REWIND_POINTS = ("none", "init")  # or a dense epoch number 1..train.epochs
+# The layer each structure never prunes: removing the classifier's filters would remove classes,
+# removing conv1's input channels would remove the image's colours.
+STRUCTURE_KEEPS = {"filters": "fc3", "channels": "conv1"}
 
 # Defaults of every key of params.yaml (README, "Parameters").
 DEFAULTS: dict = {

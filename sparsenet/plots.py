@@ -14,6 +14,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from sparsenet.analysis import LayerSparsity  # noqa: E402
+from sparsenet.errors import SparseNetError  # noqa: E402
 from sparsenet.io import atomic_path  # noqa: E402
 from sparsenet.models import LeNet, sparse_layers  # noqa: E402
 
@@ -29,7 +30,7 @@ def read_live_history(log_dir: str | Path) -> pd.DataFrame:
         column = pd.read_csv(tsv, sep="\t").set_index("step").iloc[:, 0].rename(name)
         frame = column.to_frame() if frame.empty else frame.join(column, how="outer")
     if frame.empty:
-        raise FileNotFoundError(f"{metrics_dir}: no per-epoch logs found (run dvc repro first)")
+        raise SparseNetError(f"{metrics_dir}: no per-epoch logs found (run dvc repro first)")
     frame.index = frame.index + 1
     return frame.rename_axis("epoch").reset_index()
 

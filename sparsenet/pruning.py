@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from sparsenet.models import SparseConv2d, SparseLinear, sparse_layers
-from sparsenet.options import LAYER_NAMES, PRUNE_METHODS, PRUNE_SCHEDULES, PRUNE_SCOPES, PRUNE_STRUCTURES
+from sparsenet.options import (LAYER_NAMES, PRUNE_METHODS, PRUNE_SCHEDULES, PRUNE_SCOPES, PRUNE_STRUCTURES,
+                               STRUCTURE_KEEPS, default)
 _FIRST = float("-inf")  # score of an already-pruned entry: pruned again before anything else
 _NEVER = float("inf")   # score of a protected entry
 
@@ -91,7 +92,8 @@ def strongest_per_output(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tens
     return protect.view(mask.shape) & mask
 
 
-def prune_layer(layer: SparseConv2d | SparseLinear, method: str, amount: float, structure: str = "filters",
+def prune_layer(layer: SparseConv2d | SparseLinear, method: str, amount: float,
+                structure: str = default("prune.structure"),
                 generator: torch.Generator | None = None, protect_outputs: bool = False) -> None:
     """Prune one sparse layer in place to ``amount`` (see the module doc for the meaning)."""
     if method == "structured":
@@ -123,8 +125,9 @@ def prune_globally(layers: list[SparseConv2d | SparseLinear], method: str, amoun
 
 
 @torch.no_grad()
-def prune_model(model: nn.Module, method: str, amount: float, structure: str = "filters", scope: str = "layer",
-                seed: int = 0, round_index: int = 0, exclude: tuple[str, ...] = ()) -> dict[str, float]:
+def prune_model(model: nn.Module, method: str, amount: float, structure: str = default("prune.structure"),
+                scope: str = default("prune.scope"), seed: int = 0, round_index: int = 0,
+                exclude: tuple[str, ...] = ()) -> dict[str, float]:
     """Prune the sparse layers of ``model`` to ``amount``; returns each layer's weight sparsity.
 
     ``scope="layer"`` gives every layer the same sparsity; ``"global"`` ranks all weights
@@ -160,10 +163,10 @@ def pruned_layer_names(method: str, structure: str, exclude: tuple[str, ...] | l
     """The layers a pruning target covers, input to output: what ``prune.sparsity`` is measured over.
 
     Every layer not in ``exclude``, except that structured ``filters`` never removes the
-    classifier's class outputs (the last layer) and ``channels`` never removes the image's colour
-    channels (the first layer's inputs).
+    classifier's class outputs and ``channels`` never removes the image's colour channels
+    (:data:`sparsenet.options.STRUCTURE_KEEPS`).
     """
     skipped = set(exclude)
     if method == "structured":
-        skipped.add(layers[-1] if structure == "filters" else layers[0])
+        skipped.add(STRUCTURE_KEEPS[structure])
     return [name for name in layers if name not in skipped]

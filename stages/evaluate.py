@@ -1,4 +1,4 @@
-"""DVC stage `evaluate`: see sparsenet.pipeline.evaluate."""
+"""DVC stage `evaluate` (python -m stages.evaluate): see sparsenet.pipeline.evaluate."""
 
 from sparsenet.pipeline.evaluate import evaluate
 from sparsenet.pipeline.stage import run_stage

@@ -1,4 +1,4 @@
-"""DVC stage `prepare`: see sparsenet.pipeline.prepare."""
+"""DVC stage `prepare` (python -m stages.prepare): see sparsenet.pipeline.prepare."""
 
 from sparsenet.pipeline.prepare import prepare
 from sparsenet.pipeline.stage import run_stage

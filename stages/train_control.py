@@ -1,4 +1,4 @@
-"""DVC stage `train_control`: see sparsenet.pipeline.train_control."""
+"""DVC stage `train_control` (python -m stages.train_control): see sparsenet.pipeline.train_control."""
 
 from sparsenet.pipeline.train_control import train_control
 from sparsenet.pipeline.stage import run_stage

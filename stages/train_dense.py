@@ -1,4 +1,4 @@
-"""DVC stage `train_dense`: see sparsenet.pipeline.train_dense."""
+"""DVC stage `train_dense` (python -m stages.train_dense): see sparsenet.pipeline.train_dense."""
 
 from sparsenet.pipeline.train_dense import train_dense
 from sparsenet.pipeline.stage import run_stage

@@ -1,4 +1,4 @@
-"""DVC stage `visualize`: see sparsenet.pipeline.visualize."""
+"""DVC stage `visualize` (python -m stages.visualize): see sparsenet.pipeline.visualize."""
 
 from sparsenet.pipeline.visualize import visualize
 from sparsenet.pipeline.stage import run_stage

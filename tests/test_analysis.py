@@ -19,7 +19,7 @@ def seed_interpret_sparsity(model):
 
 
 def test_interpret_sparsity_matches_the_seed_format_and_counts(sparse):
-    prune_model(sparse, "magnitude", 0.63)
+    prune_model(sparse, "magnitude", 0.63, scope="layer")
     ours = io.StringIO()
     interpret_sparsity(sparse, file=ours)
     seed = io.StringIO()

@@ -123,7 +123,8 @@ def test_palette_image_keeps_its_colours(tmp_path):
     (np.full((20, 20), 32768, dtype=np.uint16), "z_16.png", 128),      # 16-bit mid-grey stays mid-grey
     (np.full((20, 20), 65535, dtype=np.uint16), "z_16.png", 255),      # 16-bit white
     (np.full((20, 20), 200, dtype=np.uint16), "z_16.png", 1),          # max 200 of 65535: nearly black
-    (np.full((20, 20), 30000, dtype=np.int32), "z_32.tif", 117),       # mode I: read as 16-bit
+    (np.full((20, 20), 2**30, dtype=np.int32), "z_32.tif", 128),       # signed 32-bit TIFF: half of 2**31 - 1
+    (np.full((20, 20), 2**31 - 1, dtype=np.int32), "z_32.tif", 255),
     (np.full((20, 20), 0.5, dtype=np.float32), "z_f.tif", 128),        # float images are 0..1
     (np.full((20, 20), 1.0, dtype=np.float32), "z_f.tif", 255),
     (np.full((20, 20), 7.5, dtype=np.float32), "z_f.tif", 255),        # beyond the scale: clipped
@@ -131,6 +132,15 @@ def test_palette_image_keeps_its_colours(tmp_path):
 def test_deep_images_are_scaled_by_their_types_full_range(tmp_path, pixels, file_name, expected):
     _good_tree(tmp_path)
     Image.fromarray(pixels).save(tmp_path / "train" / "cat" / file_name)
+    image = _added_image(_load(tmp_path))
+    assert image.min() == image.max() == expected
+
+
+@pytest.mark.parametrize("maxval,value,expected", [(65535, 32768, 128), (65535, 65535, 255), (1023, 512, 128)])
+def test_deep_pgm_images_are_scaled_by_their_declared_maxval(tmp_path, maxval, value, expected):
+    _good_tree(tmp_path)  # PGM of more than 8 bits opens in mode I, like 32-bit TIFF: the header decides
+    pixels = np.full((6, 6), value, dtype=">u2").tobytes()
+    (tmp_path / "train" / "cat" / "z_deep.pgm").write_bytes(f"P5 6 6 {maxval}\n".encode() + pixels)
     image = _added_image(_load(tmp_path))
     assert image.min() == image.max() == expected
 

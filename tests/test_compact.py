@@ -68,3 +68,18 @@ def test_compact_checkpoint_holds_state_and_widths_and_rebuilds_with_weights_onl
     saved["widths"] = [3, 8, 60, 41]
     with pytest.raises(ValueError, match=r"declares widths \[3, 8, 60, 41\] but its tensors have widths"):
         lenet_from_state_dict(saved, sparse=False)
+
+
+def test_compaction_follows_the_masks_not_the_stored_weights():
+    net = trained_like(64)
+    prune_model(net, "structured", 0.5, "filters")
+    with torch.no_grad():  # a user's own optimizer, without the mask hook, moved every weight
+        for _, layer in net.sparse_layers():
+            layer.weight.add_(0.01)
+            layer.bias.add_(0.01)
+    small = compact(net)
+    assert small.widths == (3, 8, 60, 42)
+    x = torch.randn(8, 3, 64, 64)
+    with torch.no_grad():
+        assert (small(x) - net(x)).abs().max().item() <= 1e-5
+    assert (net.conv1.weight != 0).all(), "the model given is left as it was"

@@ -48,6 +48,10 @@ def test_missing_keys_take_defaults():
     ({"extra": 1}, ["extra", "unknown", "seed, data, train, prune"]),
     ({"prune": {"exclude": ["fc9"]}}, ["prune.exclude", "'fc9'", "conv1, conv2, fc1, fc2, fc3"]),
     ({"prune": {"exclude": "fc3"}}, ["prune.exclude", "list"]),
+    ({"prune": {"method": "structured", "exclude": ["conv1", "conv2", "fc1", "fc2"]}},
+     ["prune.exclude", "at least one layer", "structured filters never prunes fc3"]),
+    ({"prune": {"method": "structured", "structure": "channels", "exclude": ["conv2", "fc1", "fc2", "fc3"]}},
+     ["prune.exclude", "structured channels never prunes conv1"]),
 ])
 def test_bad_values_give_one_line_naming_key_value_and_allowed(raw, words):
     with pytest.raises(ConfigError) as err:

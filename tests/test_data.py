@@ -197,19 +197,72 @@ def test_arrays_that_cannot_fit_in_memory_are_refused_before_allocating():
     assert "data.image_size = 512" in message and "1,464.8 GiB" in message and "memory available" in message
 
 
-def test_pixel_statistics_are_exact_without_a_float_copy_of_the_split():
+@pytest.fixture
+def little_memory():
+    """Lower this process's soft data limit to what it uses now plus 64 MiB, for one test."""
+    import resource
+
+    from sparsenet.data import _kib_fields
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    used = _kib_fields("/proc/self/status")["VmData"]
+    resource.setrlimit(resource.RLIMIT_DATA, (used + 64 * 2**20, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_DATA, (soft, hard))
+
+
+def test_a_folder_too_large_for_memory_is_refused_before_decoding(tmp_path, little_memory):
+    for split in ("train", "test"):  # 100 files at 512x512x3: 75 MiB of arrays
+        for name in ("cat", "dog"):
+            (tmp_path / split / name).mkdir(parents=True)
+            for i in range(25):
+                (tmp_path / split / name / f"{i}.png").write_bytes(b"\x89PNG not decoded")
+    with pytest.raises(SparseNetError) as err:
+        load_folder(tmp_path / "train", tmp_path / "test", 512)
+    assert "data.image_size = 512: the prepared arrays would take 0.1 GiB (100 images of 3x512x512)" in str(err.value)
+
+
+def test_fashion_mnist_too_large_for_memory_is_refused_before_resizing(tmp_path, little_memory):
+    from sparsenet.config import DataConfig
+    from sparsenet.data import load_source
+
+    for prefix, count in (("train", 250), ("t10k", 50)):  # 300 images at 512x512: 75 MiB
+        write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", np.zeros((count, 28, 28)))
+        write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", np.zeros(count))
+    with pytest.raises(SparseNetError, match="300 images of 1x512x512.*GiB of memory available"):
+        load_source(DataConfig(source="fashion-mnist", fashion_mnist_dir=str(tmp_path), image_size=512), seed=0)
+
+
+def test_pixel_statistics_are_exact():
     from sparsenet.data import pixel_statistics
 
     images = torch.tensor([0, 255, 255, 0, 51, 204], dtype=torch.uint8).reshape(3, 1, 1, 2)
-    mean, std = pixel_statistics(images, chunk=2)  # chunks of 2 images: 2 + 1
-    assert mean == pytest.approx(0.5, abs=1e-15)
-    values = np.array([0, 255, 255, 0, 51, 204]) / 255
-    assert std == pytest.approx(values.std(ddof=1), abs=1e-15)
-    large = torch.randint(0, 256, (37, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    reference = large.double() / 255
-    ours = pixel_statistics(large, chunk=5)
-    assert ours[0] == pytest.approx(reference.mean().item(), abs=1e-12)
-    assert ours[1] == pytest.approx(reference.std().item(), abs=1e-12)
+    mean, std = pixel_statistics(images)
+    assert mean == 0.5
+    # by hand: values/255 = 0, 1, 1, 0, 0.2, 0.8; deviations ±0.5, ±0.5, ±0.3; sum of squares
+    # 4 * 0.25 + 2 * 0.09 = 1.18; unbiased variance 1.18 / 5 = 0.236
+    assert std == pytest.approx(0.236 ** 0.5, abs=1e-15)
+
+
+STATISTICS_MEMORY = """
+import resource, torch
+from sparsenet.data import pixel_statistics
+images = torch.randint(0, 256, (200, 3, 512, 512), dtype=torch.uint8)  # 150 MiB
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+pixel_statistics(images)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
+"""
+
+
+def test_pixel_statistics_need_no_copy_of_the_split():
+    """A float copy would add 600 MiB here, an int64 one 1.2 GiB: the statistics add (almost) nothing."""
+    import subprocess
+    import sys
+
+    grown = subprocess.run([sys.executable, "-c", STATISTICS_MEMORY], capture_output=True, text=True, check=True)
+    assert int(grown.stdout) < 32, f"peak memory grew by {grown.stdout.strip()} MiB"
 
 
 def test_prepared_folder_is_replaced_whole_or_not_at_all(tmp_path):
@@ -225,3 +278,18 @@ def test_prepared_folder_is_replaced_whole_or_not_at_all(tmp_path):
     save_prepared(new, out, {"skipped": []})
     again, _ = load_prepared(out)
     assert torch.equal(again.train.images, new.train.images)
+
+
+@pytest.mark.parametrize("damage,words", [
+    (lambda d: (d / "test_labels.npy").unlink(), "test_labels.npy: not found"),
+    (lambda d: (d / "train_images.npy").write_bytes(b"\x93NUMPY garbage"), "train_images.npy: not a readable"),
+    (lambda d: (d / "meta.json").write_text("{}"), "meta.json: lacks classes, image_size, mean, std"),
+    (lambda d: (d / "meta.json").write_text("{"), "meta.json: not valid JSON"),
+    (lambda d: np.save(d / "test_labels.npy", np.zeros(3, dtype=np.int64)), "do not fit together"),
+])
+def test_damaged_prepared_data_is_one_clear_error(tmp_path, damage, words):
+    save_prepared(make_synthetic(20, 10, 3, 16, seed=1), tmp_path, {"skipped": []})
+    damage(tmp_path)
+    with pytest.raises(SparseNetError) as err:
+        load_prepared(tmp_path)
+    assert words in str(err.value) and "\n" not in str(err.value)

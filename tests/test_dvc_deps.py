@@ -18,20 +18,25 @@ STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
 TOOLING = (".git/", ".dvc/", ".dvcignore", ".gitignore", ".sparsenet/")  # DVC's and git's files; resume state
 
 
-def stage_script(stage: dict) -> str:
+def stage_module(stage: dict) -> str:
+    """``stages.prepare`` from the command ``python -m stages.prepare``."""
     words = stage["cmd"].split()
-    assert words[0] == "python" and len(words) == 2, f"unexpected stage command {stage['cmd']!r}"
-    return words[1]
+    assert words[:2] == ["python", "-m"] and len(words) == 3, f"unexpected stage command {stage['cmd']!r}"
+    return words[2]
 
 
-def import_closure(script: str, root: Path = REPO) -> set[str]:
-    """Project files (relative paths) the script imports, transitively, found without running it."""
+def stage_script(stage: dict) -> str:
+    return stage_module(stage).replace(".", "/") + ".py"
+
+
+def import_closure(module: str, root: Path = REPO) -> set[str]:
+    """Project files (relative paths) importing ``module`` loads, transitively, found without running it."""
     finder = modulefinder.ModuleFinder(path=[str(root)])  # only the project's own modules are followed
-    finder.run_script(str(root / script))
+    finder.import_hook(module)
     files = set()
-    for module in finder.modules.values():
-        if module.__file__:
-            path = Path(module.__file__).resolve()
+    for found in finder.modules.values():
+        if found.__file__:
+            path = Path(found.__file__).resolve()
             if path.is_relative_to(root):
                 files.add(path.relative_to(root).as_posix())
     return files
@@ -48,7 +53,7 @@ def declared(stage: dict, key: str) -> list[str]:
 @pytest.mark.parametrize("name", list(STAGES))
 def test_stage_deps_list_exactly_the_modules_it_imports(name):
     stage = STAGES[name]
-    closure = import_closure(stage_script(stage))
+    closure = import_closure(stage_module(stage))
     modules = {dep for dep in declared(stage, "deps") if dep.endswith(".py")}
     assert closure - modules == set(), f"{name}: imports but does not depend on these"
     assert modules - closure == set(), f"{name}: depends on modules it never imports (edits re-run it needlessly)"
@@ -62,7 +67,7 @@ def test_import_closure_finds_transitive_and_function_level_imports(tmp_path):
     (tmp_path / "pkg" / "c.py").write_text("import json\n")
     (tmp_path / "pkg" / "unused.py").write_text("")
     (tmp_path / "run.py").write_text("import pkg.a\n")
-    assert import_closure("run.py", tmp_path) == {"run.py", "pkg/__init__.py", "pkg/a.py", "pkg/b.py", "pkg/c.py"}
+    assert import_closure("pkg.a", tmp_path) == {"pkg/__init__.py", "pkg/a.py", "pkg/b.py", "pkg/c.py"}
 
 
 def undeclared_reads(log: Path, root: Path) -> dict[str, set[str]]:
@@ -86,7 +91,7 @@ def undeclared_reads(log: Path, root: Path) -> dict[str, set[str]]:
         name, stage = by_script[script]
         deps = declared(stage, "deps")
         outs = declared(stage, "outs") + declared(stage, "metrics") + declared(stage, "plots")
-        if relative.startswith(TOOLING) or relative in TOOLING or (relative == "params.yaml" and stage.get("params")):
+        if (relative + "/").startswith(TOOLING) or relative in TOOLING or (relative == "params.yaml" and stage.get("params")):
             continue
         if any(relative == dep or relative.startswith(dep.rstrip("/") + "/") for dep in deps):
             continue
@@ -105,3 +110,70 @@ def _output_or_beside(path: str, out: str) -> bool:
     on_the_way = [out_path, *[p for p in out_path.parents if p != Path(".")]]
     return any(part.parent == folder.parent and part.name.startswith(f".{folder.name}.")
                for folder in on_the_way for part in [candidate, *candidate.parents])
+
+
+def tracked(config, log: set[str], prefix: str = ""):
+    """A copy of a config dataclass that adds the dotted key of every param read to ``log``.
+
+    Reads by ``resume_args`` are not recorded: it hashes the whole config into the resume
+    fingerprint on purpose (to be safe, not because the result depends on every param).
+    """
+    import dataclasses
+    import sys
+
+    field_names = {f.name for f in dataclasses.fields(config)}
+
+    class Tracked(type(config)):
+        def __getattribute__(self, name):
+            value = object.__getattribute__(self, name)
+            if name not in field_names:
+                return value
+            if dataclasses.is_dataclass(value):
+                return tracked(value, log, f"{prefix}{name}.")
+            frame = sys._getframe(1)
+            while frame is not None and frame.f_code.co_name != "resume_args":
+                frame = frame.f_back
+            if frame is None:
+                log.add(prefix + name)
+            return value
+
+    copy = object.__new__(Tracked)
+    for name in field_names:
+        object.__setattr__(copy, name, getattr(config, name))
+    return copy
+
+
+def test_tracked_config_records_nested_reads():
+    from sparsenet.config import config_from_dict
+
+    log: set[str] = set()
+    cfg = tracked(config_from_dict({}), log)
+    assert cfg.prune.method == "magnitude" and cfg.seed == 0 and cfg.data.synthetic.classes == 4
+    assert log == {"prune.method", "seed", "data.synthetic.classes"}
+
+
+def test_each_stage_declares_every_param_it_reads(tmp_path):
+    """Run every step in-process on tiny data; each param it reads is under its dvc.yaml ``params``."""
+    from dataclasses import fields
+    from importlib import import_module
+
+    from sparsenet.config import config_from_dict
+    from sparsenet.pipeline.stage import Paths
+
+    cfg = config_from_dict({
+        "data": {"source": "synthetic", "image_size": 32, "synthetic": {"train_size": 64, "test_size": 32}},
+        "train": {"epochs": 1, "batch_size": 32},
+        "prune": {"epochs": 1, "finetune_epochs": 1, "rewind": "init", "lr_schedule": "cosine"},
+    })
+    paths = Paths(**{f.name: tmp_path / getattr(Paths(), f.name) for f in fields(Paths)})
+    undeclared = {}
+    for name, stage in STAGES.items():
+        reads: set[str] = set()
+        step = getattr(import_module(f"sparsenet.pipeline.{name}"), name)
+        step(tracked(cfg, reads), paths)
+        params = stage.get("params", [])
+        missing = {key for key in reads if not any(key == p or key.startswith(p + ".") for p in params)}
+        if missing:
+            undeclared[name] = missing
+        assert reads or not params, f"{name}: declares params but read none (the tracking failed?)"
+    assert undeclared == {}

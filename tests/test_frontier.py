@@ -57,3 +57,23 @@ def test_rows_carry_the_sparsity_over_covered_and_over_all_layers():
     (row,) = collect_points([{"rev": "workspace", "data": rev["data"], "experiments": None}])
     assert (row["sparsity"], row["sparsity_all_layers"]) == (0.9, 0.2)
     assert row["line"] == "magnitude (global), fc1 dense" and row["exclude"] == "fc1"
+
+
+def test_runs_that_differ_beyond_method_and_sparsity_are_separate_lines():
+    plain = _rev("plain", "magnitude", 0.9, 0.90)
+    rewound = _rev("rewound", "magnitude", 0.9, 0.85)
+    rewound["data"]["params"]["params.yaml"]["data"]["prune"].update({"rewind": "init", "epochs": 5})
+    rows = collect_points([{**plain, "experiments": [_experiment("success", rewound)]}])
+    assert sorted(row["line"] for row in rows) == ["magnitude (global)", "magnitude (global), rewind init, epochs 5"]
+
+
+def test_older_experiments_get_their_covered_sparsity_from_the_layer_counts():
+    old = _rev("before-pruned-layers", "structured", 0.5, 0.9)
+    old["data"]["params"]["params.yaml"]["data"]["prune"]["structure"] = "filters"
+    old["data"]["metrics"]["metrics/evaluate.json"]["data"]["sparse"] = {
+        "accuracy": 0.9, "sparsity": 0.49,  # counted over every layer, fc3 (never pruned by filters) included
+        "layers": {"conv1": {"zeros": 225, "total": 450}, "conv2": {"zeros": 1200, "total": 2400},
+                   "fc1": {"zeros": 24000, "total": 48000}, "fc2": {"zeros": 5040, "total": 10080},
+                   "fc3": {"zeros": 0, "total": 840}}}
+    (row,) = collect_points([{"rev": "workspace", "data": old["data"], "experiments": None}])
+    assert row["sparsity"] == 0.5 and row["sparsity_all_layers"] == 0.49

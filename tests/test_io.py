@@ -143,3 +143,12 @@ def test_atomic_dir_flushes_every_new_file_before_the_swap(tmp_path, monkeypatch
             str(tmp_path)} <= flushed
     assert sorted(p.name for p in target.iterdir()) == ["a.npy", "sub"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["prepared"]
+
+
+def test_new_folders_are_flushed_into_their_parents(tmp_path, monkeypatch):
+    events = []
+    _recording(monkeypatch, events)
+    write_text(tmp_path / "metrics" / "deep" / "out.json", "{}")
+    flushed = [e[1] for e in events if e[0] == "fsync"]
+    assert flushed.index(str(tmp_path)) < flushed.index(str(tmp_path / "metrics")), "metrics/ is recorded in tmp/"
+    assert str(tmp_path / "metrics" / "deep") in flushed

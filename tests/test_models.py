@@ -35,7 +35,7 @@ def test_forward_uses_the_masked_weight(sparse):
 
 
 def test_masked_weights_stay_exactly_zero_after_optimizer_steps(sparse):
-    prune_model(sparse, "magnitude", 0.7)
+    prune_model(sparse, "magnitude", 0.7, scope="layer")
     zero_before = {name: (p == 0) for name, p in sparse.named_parameters() if name.endswith("weight")}
     generator = torch.Generator().manual_seed(0)
     images = torch.randint(0, 255, (64, 3, 32, 32), dtype=torch.uint8, generator=generator)
@@ -61,7 +61,7 @@ def test_pruned_weights_stay_zero_even_with_adam_momentum_from_before_pruning(sp
         optimizer.zero_grad()
         torch.nn.functional.cross_entropy(sparse(x), y).backward()
         optimizer.step()
-    prune_model(sparse, "random", 0.5, seed=1)
+    prune_model(sparse, "random", 0.5, scope="layer", seed=1)
     for _ in range(3):
         optimizer.zero_grad()
         torch.nn.functional.cross_entropy(sparse(x), y).backward()

@@ -63,11 +63,11 @@ def make_project(root: Path, params: dict, params_text: str | None = None) -> di
     env = dict(os.environ)
     env.update({
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
-        "PYTHONPATH": str(root),  # stages import the copied package
         "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.com",
         "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.com",
         "DVC_NO_ANALYTICS": "1",
     })
+    env.pop("PYTHONPATH", None)  # stages must find the copied package on their own
     run(["git", "init", "-q"], root, env)
     run(["git", "add", "-A"], root, env)
     run(["git", "commit", "-qm", "project"], root, env)
@@ -85,8 +85,7 @@ def project(tmp_path_factory):
     root = base / "repo"
     root.mkdir()
     env = make_project(root, SMALL)
-    audited = dict(env, PYTHONPATH=f"{REPO / 'tests' / 'read_audit'}{os.pathsep}{env['PYTHONPATH']}",
-                   SPARSENET_READ_LOG=str(base / "reads.log"))
+    audited = dict(env, PYTHONPATH=str(REPO / "tests" / "read_audit"), SPARSENET_READ_LOG=str(base / "reads.log"))
     repro = run(dvc("repro"), root, audited)
     run(["git", "add", "-A"], root, env)
     run(["git", "commit", "-qm", "baseline run"], root, env)
@@ -234,10 +233,19 @@ def test_exp_run_reruns_only_the_stages_that_read_prune_params(project):
 
 def test_bad_param_stops_a_stage_with_one_line(tmp_path):
     env = make_project(tmp_path, merged(SMALL, {"prune": {"method": "lottery"}}))
-    result = run([sys.executable, "stages/prune_train.py"], tmp_path, env, check=False)
+    result = run([sys.executable, "-m", "stages.prune_train"], tmp_path, env, check=False)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "error: params.yaml: prune.method = 'lottery' is not allowed; expected one of: magnitude, random, structured"]
+
+
+def test_a_stage_runs_the_package_of_the_checkout_it_runs_in(tmp_path):
+    """Not the one an editable install points at: a queued experiment runs its own commit's code."""
+    env = make_project(tmp_path, SMALL)
+    with open(tmp_path / "sparsenet" / "pipeline" / "prepare.py", "a") as fh:
+        fh.write("\nprint('prepare from', __file__)\n")
+    out = run([sys.executable, "-m", "stages.prepare"], tmp_path, env).stdout
+    assert f"prepare from {tmp_path / 'sparsenet' / 'pipeline' / 'prepare.py'}" in out
 
 
 def test_same_params_and_seed_give_the_same_metrics(project, tmp_path):

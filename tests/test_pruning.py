@@ -15,7 +15,7 @@ def layer_sparsities(net):
 @pytest.mark.parametrize("method", ["magnitude", "random"])
 @pytest.mark.parametrize("amount", [0.3, 0.9])
 def test_unstructured_methods_hit_the_requested_sparsity(sparse, method, amount):
-    prune_model(sparse, method, amount, seed=3)
+    prune_model(sparse, method, amount, scope="layer", seed=3)
     for name, layer in sparse.sparse_layers():
         assert int((layer.weight == 0).sum()) == round(amount * layer.weight.numel()), name
 
@@ -62,7 +62,7 @@ def test_masks_only_lose_entries_across_rounds(sparse, method, structure):
 
 @pytest.mark.parametrize("method", ["magnitude", "random"])
 def test_every_class_output_keeps_a_weight(sparse, method):
-    prune_model(sparse, method, 0.99, seed=0)
+    prune_model(sparse, method, 0.99, scope="layer", seed=0)
     assert sparse.fc3.mask.any(dim=1).all()
     assert (sparse.fc3.weight != 0).any(dim=1).all(), "each class output still reads a non-zero weight"
     assert sparse.fc3.mask.sum() == 10, "exactly one weight per class output survives 99%"

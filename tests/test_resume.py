@@ -44,9 +44,8 @@ OUTPUTS = {
 
 
 def _stage(name: str, cwd: Path) -> subprocess.Popen:
-    """Run the project copy's own stage script with its own package (so a test may edit it)."""
-    env = dict(os.environ, PYTHONPATH=str(cwd))
-    return subprocess.Popen([sys.executable, str(cwd / "stages" / f"{name}.py")], cwd=cwd, env=env,
+    """Run a stage as dvc.yaml does; it imports the project copy's own package (so a test may edit it)."""
+    return subprocess.Popen([sys.executable, "-m", f"stages.{name}"], cwd=cwd,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -148,13 +147,13 @@ def test_fingerprint_covers_params_and_every_prepared_file(tmp_path):
     assert _fingerprint(paths, cfg) == base
 
 
-def test_fingerprint_covers_the_loaded_project_code():
-    import sparsenet.pipeline.train_dense  # noqa: F401  (what the train_dense stage loads)
-    from sparsenet.pipeline.training_stage import loaded_project_files
+def test_fingerprint_covers_the_code_dvc_yaml_lists_for_the_stage():
+    from sparsenet.pipeline.training_stage import step_code_files
+    from tests.test_dvc_deps import STAGES, declared
 
-    names = {path.relative_to(ROOT).as_posix() for path in loaded_project_files() if path.is_relative_to(ROOT)}
-    assert {"sparsenet/training.py", "sparsenet/models.py", "sparsenet/data.py",
-            "sparsenet/pipeline/train_dense.py"} <= names
+    for stage in ("train_dense", "prune_train", "train_control"):
+        modules = {dep for dep in declared(STAGES[stage], "deps") if dep.endswith(".py")}
+        assert set(step_code_files(stage)) == {m for m in modules if not m.startswith("stages/")}, stage
 
 
 def test_diverging_loss_names_epoch_and_step_and_keeps_last_good_checkpoint(tmp_path):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import modulefinder
 import platform
-import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
@@ -23,6 +23,7 @@ from sparsenet.pipeline.stage import Paths
 from sparsenet.training import EVAL_BATCH_SIZE, seed_everything
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = PACKAGE_ROOT.parent
 
 
 def training_start(cfg: Config, paths: Paths) -> tuple[Dataset, BatchLoader, BatchLoader]:
@@ -40,16 +41,17 @@ def resume_args(paths: Paths, stage: str, cfg: Config, *inputs: Path) -> dict:
     """``fit`` arguments that make a training stage resumable after a kill.
 
     The fingerprint covers everything that decides the run's result: the stage, the params, the
-    project code this process has loaded, the torch and NumPy versions, the device and the bytes
-    of every input file (folders: every file inside).  A checkpoint left by a run that differs in
-    any of them is never resumed.
+    source of every project module the step imports, the torch and NumPy versions, the device
+    and the bytes of every input file (folders: every file inside).  A checkpoint left by a run
+    that differs in any of them is never resumed.  It does not depend on how the step was started
+    (``dvc repro``, ``python -m stages.<step>``, ``sparsenet <step>``).
     """
     digest = hashlib.sha256()
     digest.update(json.dumps([stage, dataclasses.asdict(cfg), torch.__version__, np.__version__,
                               platform.machine(), _device_name()], sort_keys=True).encode())
-    for path in loaded_project_files():
-        digest.update(f"\0code {path.relative_to(PACKAGE_ROOT.parent)}\0".encode())
-        digest.update(path.read_bytes())
+    for name in step_code_files(stage):
+        digest.update(f"\0code {name}\0".encode())
+        digest.update((PROJECT_ROOT / name).read_bytes())
     for root in inputs:
         for path in sorted(root.rglob("*")) if root.is_dir() else [root]:
             if path.is_file():
@@ -58,15 +60,20 @@ def resume_args(paths: Paths, stage: str, cfg: Config, *inputs: Path) -> dict:
     return {"checkpoint": paths.resume / f"{stage}.pt", "fingerprint": digest.hexdigest()}
 
 
-def loaded_project_files() -> list[Path]:
-    """Source files of every ``sparsenet`` module this process has imported, and its main script."""
+def step_code_files(stage: str) -> list[str]:
+    """The project's source files (relative paths) that step ``stage`` imports, transitively.
+
+    The same files ``dvc.yaml`` lists for the stage, found the same way (``modulefinder``, the
+    project alone on its path), so an edit of any of them makes a left-over checkpoint stale.
+    """
+    finder = modulefinder.ModuleFinder(path=[str(PROJECT_ROOT)])
+    finder.import_hook(f"sparsenet.pipeline.{stage}")
     files = set()
-    for module in list(sys.modules.values()):
-        name = getattr(module, "__file__", None)
-        if name and name.endswith(".py"):
-            path = Path(name).resolve()
-            if PACKAGE_ROOT in path.parents or (module.__name__ == "__main__" and path.is_file()):
-                files.add(path)
+    for module in finder.modules.values():
+        if module.__file__:
+            path = Path(module.__file__).resolve()
+            if path.is_relative_to(PROJECT_ROOT):
+                files.add(path.relative_to(PROJECT_ROOT).as_posix())
     return sorted(files)
 
 

@@ -98,14 +98,13 @@ def _cgroup_room() -> list[int]:
         return []
 
 
-def check_memory(images: int, channels: int, image_size: int, bytes_per_value: int = 1,
-                 what: str = "the prepared arrays") -> None:
-    """Stop with one line before allocating ``images`` × C×S×S values that cannot fit in memory."""
-    needed = images * channels * image_size * image_size * bytes_per_value
+def check_memory(images: int, channels: int, image_size: int) -> None:
+    """Stop with one line before allocating ``images`` uint8 arrays of C×S×S that cannot fit in memory."""
+    needed = images * channels * image_size * image_size
     available = available_memory()
     if available is not None and needed > available:
         raise SparseNetError(
-            f"data.image_size = {image_size}: {what} would take {needed / 2**30:,.1f} GiB "
+            f"data.image_size = {image_size}: the prepared arrays would take {needed / 2**30:,.1f} GiB "
             f"({images:,} images of {channels}x{image_size}x{image_size}), more than the "
             f"{available / 2**30:,.1f} GiB of memory available; lower data.image_size or use fewer images")
 
@@ -273,11 +272,6 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         background = Image.new("RGBA", img.size, (0, 0, 0, 255))
         img = Image.alpha_composite(background, img)
     return img.convert("RGB")
-
-
-def load_image(path: Path, image_size: int) -> np.ndarray:
-    """Decode one image file to uint8 3×S×S (stretched to a square); raises on bad files."""
-    return decode_image(path.read_bytes(), image_size)
 
 
 def decode_image(data: bytes, image_size: int) -> np.ndarray:

@@ -7,11 +7,12 @@ pipeline test's ``dvc repro`` (see ``undeclared_reads``, used by ``tests/test_pi
 
 from __future__ import annotations
 
-import modulefinder
 from pathlib import Path
 
 import pytest
 import yaml
+
+from sparsenet.pipeline.training_stage import import_closure
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
@@ -27,19 +28,6 @@ def stage_module(stage: dict) -> str:
 
 def stage_script(stage: dict) -> str:
     return stage_module(stage).replace(".", "/") + ".py"
-
-
-def import_closure(module: str, root: Path = REPO) -> set[str]:
-    """Project files (relative paths) importing ``module`` loads, transitively, found without running it."""
-    finder = modulefinder.ModuleFinder(path=[str(root)])  # only the project's own modules are followed
-    finder.import_hook(module)
-    files = set()
-    for found in finder.modules.values():
-        if found.__file__:
-            path = Path(found.__file__).resolve()
-            if path.is_relative_to(root):
-                files.add(path.relative_to(root).as_posix())
-    return files
 
 
 def declared(stage: dict, key: str) -> list[str]:

@@ -63,18 +63,27 @@ def resume_args(paths: Paths, stage: str, cfg: Config, *inputs: Path) -> dict:
 def step_code_files(stage: str) -> list[str]:
     """The project's source files (relative paths) that step ``stage`` imports, transitively.
 
-    The same files ``dvc.yaml`` lists for the stage, found the same way (``modulefinder``, the
-    project alone on its path), so an edit of any of them makes a left-over checkpoint stale.
+    The same files ``dvc.yaml`` lists for the stage, found the same way, so an edit of any of them
+    makes a left-over checkpoint stale.
     """
-    finder = modulefinder.ModuleFinder(path=[str(PROJECT_ROOT)])
-    finder.import_hook(f"sparsenet.pipeline.{stage}")
+    return sorted(import_closure(f"sparsenet.pipeline.{stage}"))
+
+
+def import_closure(module: str, root: Path = PROJECT_ROOT) -> set[str]:
+    """Files under ``root`` (relative paths) that importing ``module`` loads, transitively.
+
+    Found without running anything (``modulefinder``, with ``root`` alone on its path): every
+    import statement counts, also those inside functions.
+    """
+    finder = modulefinder.ModuleFinder(path=[str(root)])
+    finder.import_hook(module)
     files = set()
-    for module in finder.modules.values():
-        if module.__file__:
-            path = Path(module.__file__).resolve()
-            if path.is_relative_to(PROJECT_ROOT):
-                files.add(path.relative_to(PROJECT_ROOT).as_posix())
-    return sorted(files)
+    for found in finder.modules.values():
+        if found.__file__:
+            path = Path(found.__file__).resolve()
+            if path.is_relative_to(root):
+                files.add(path.relative_to(root).as_posix())
+    return files
 
 
 def _device_name() -> str:

@@ -466,6 +466,7 @@ def save_prepared(dataset: Dataset, out_dir: str | Path, report: dict) -> None:
 
 
 PREPARED_META_KEYS = ("classes", "image_size", "mean", "std")
+_PREPARE_AGAIN = "re-run the prepare stage (dvc repro)"
 
 
 def load_prepared(prepared_dir: str | Path) -> tuple[Dataset, dict]:
@@ -473,35 +474,44 @@ def load_prepared(prepared_dir: str | Path) -> tuple[Dataset, dict]:
 
     Missing, corrupt or inconsistent files stop with one line naming the file.
     """
-    prepared_dir = Path(prepared_dir)
-    again = "re-run the prepare stage (dvc repro)"
-    meta = read_json(prepared_dir / "meta.json")
+    meta = load_meta(prepared_dir)
+    train, test = (load_split(prepared_dir, name) for name in SPLITS)
+    return Dataset(train, test, meta["classes"]), meta
+
+
+def load_meta(prepared_dir: str | Path) -> dict:
+    """``meta.json`` of the prepared data: classes, image size, normalisation."""
+    path = Path(prepared_dir) / "meta.json"
+    meta = read_json(path)
     missing = [key for key in PREPARED_META_KEYS if not isinstance(meta, dict) or key not in meta]
     if missing:
-        raise SparseNetError(f"{prepared_dir / 'meta.json'}: lacks {', '.join(missing)}; {again}")
-    splits = {}
-    for name in SPLITS:
-        arrays = []
-        for kind in ("images", "labels"):
-            path = prepared_dir / f"{name}_{kind}.npy"
-            try:
-                arrays.append(np.load(path))
-            except FileNotFoundError:
-                raise SparseNetError(f"{path}: not found; {again}") from None
-            except (ValueError, OSError, EOFError) as exc:
-                raise SparseNetError(f"{path}: not a readable NumPy array ({exc}); {again}") from None
-        images, labels = arrays
-        if images.dtype != np.uint8 or images.ndim != 4 or labels.shape != (len(images),):
-            raise SparseNetError(f"{prepared_dir}: {name} images {images.dtype} {images.shape} and labels "
-                                 f"{labels.shape} do not fit together; {again}")
-        splits[name] = Split(torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64, copy=False)))
-    return Dataset(splits["train"], splits["test"], meta["classes"]), meta
+        raise SparseNetError(f"{path}: lacks {', '.join(missing)}; {_PREPARE_AGAIN}")
+    return meta
+
+
+def load_split(prepared_dir: str | Path, name: str) -> Split:
+    """One prepared split (``train`` or ``test``) without reading the other."""
+    arrays = []
+    for kind in ("images", "labels"):
+        path = Path(prepared_dir) / f"{name}_{kind}.npy"
+        try:
+            arrays.append(np.load(path))
+        except FileNotFoundError:
+            raise SparseNetError(f"{path}: not found; {_PREPARE_AGAIN}") from None
+        except (ValueError, OSError, EOFError) as exc:
+            raise SparseNetError(f"{path}: not a readable NumPy array ({exc}); {_PREPARE_AGAIN}") from None
+    images, labels = arrays
+    if images.dtype != np.uint8 or images.ndim != 4 or labels.shape != (len(images),):
+        raise SparseNetError(f"{prepared_dir}: {name} images {images.dtype} {images.shape} and labels "
+                             f"{labels.shape} do not fit together; {_PREPARE_AGAIN}")
+    return Split(torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64, copy=False)))
 
 
 # --------------------------------------------------------------------------- batches
 
-# On CPU the split is normalised once, up front, when its float copy stays below this size: the
-# three per-batch passes it saves (to float, minus mean, over std) cost ~5% of a training step.
+# On CPU the split is normalised once, up front, when its float copy stays below this size (and
+# below half the memory available): the three per-batch passes it saves (to float, minus mean,
+# over std) cost ~5% of a training step.
 NORMALISE_ONCE_MAX_BYTES = 4 * 2**30
 
 
@@ -519,8 +529,11 @@ class BatchLoader:
         self.split, self.batch_size, self.device = split, batch_size, device
         self.mean, self.std = mean * 255.0, std * 255.0
         self.shuffle, self.generator = shuffle, torch.Generator().manual_seed(seed)
-        # On a GPU normalising is nearly free and copying uint8 moves 4x fewer bytes.
-        small = split.images.numel() * 4 <= normalise_once_max_bytes
+        # On a GPU normalising is nearly free and copying uint8 moves 4x fewer bytes.  On CPU the
+        # float copy must also leave room: at most half of the memory still available.
+        available = available_memory()
+        limit = normalise_once_max_bytes if available is None else min(normalise_once_max_bytes, available // 2)
+        small = split.images.numel() * 4 <= limit
         self.normalised = self.normalise(split.images.contiguous()) if device.type == "cpu" and small else None
 
     def __len__(self) -> int:

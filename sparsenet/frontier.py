@@ -111,6 +111,7 @@ def collect_points(exp_show: list) -> list[dict]:
         line = f"structured ({structure})" if structure else f"{method} ({scope})"
         line += f", {' '.join(exclude)} dense" if exclude else ""
         line += "".join(f", {key} {param(key)}" for key in VARIANT_KEYS if param(key) != default(f"prune.{key}"))
+        line += "".join(f", {key} {value}" for key, value in _other_settings(params))
         sparse = metrics["sparse"]
         row = {
             "experiment": entry.get("name") or data.get("rev") or entry.get("rev", ""),
@@ -126,6 +127,23 @@ def collect_points(exp_show: list) -> list[dict]:
             seen.add(key)
             rows.append(row)
     return sorted(rows, key=lambda r: (r["line"], r["sparsity"]))
+
+
+def _other_settings(params: dict) -> list[tuple[str, object]]:
+    """``train.*`` and ``data.*`` params that differ from their defaults (a run on other data or
+    with other dense training is not a point of the same line).  Seeds are replicates, not settings."""
+    data = params.get("data") or {}
+    keys = [f"train.{key}" for key in default("train")] + ["data.source", "data.image_size"]
+    if data.get("source", default("data.source")) == "synthetic":
+        keys += [f"data.synthetic.{key}" for key in default("data.synthetic")]
+    settings = []
+    for key in keys:
+        value = params
+        for part in key.split("."):
+            value = (value or {}).get(part) if isinstance(value, dict) else None
+        if value is not None and value != default(key):
+            settings.append((key, value))
+    return settings
 
 
 def _covered_sparsity(sparse: dict, method: str, structure: str, exclude: list[str]) -> float:

@@ -1,5 +1,6 @@
 import gzip
 import hashlib
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -197,20 +198,39 @@ def test_arrays_that_cannot_fit_in_memory_are_refused_before_allocating():
     assert "data.image_size = 512" in message and "1,464.8 GiB" in message and "memory available" in message
 
 
-@pytest.fixture
-def little_memory():
-    """Lower this process's soft data limit to what it uses now plus 64 MiB, for one test."""
+@contextmanager
+def memory_limit(headroom: int = 64 * 2**20):
+    """Lower this process's soft data limit to what it uses now plus ``headroom`` bytes."""
     import resource
 
     from sparsenet.data import _kib_fields
 
     soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
     used = _kib_fields("/proc/self/status")["VmData"]
-    resource.setrlimit(resource.RLIMIT_DATA, (used + 64 * 2**20, hard))
+    resource.setrlimit(resource.RLIMIT_DATA, (used + headroom, hard))
     try:
         yield
     finally:
         resource.setrlimit(resource.RLIMIT_DATA, (soft, hard))
+
+
+@pytest.fixture
+def little_memory():
+    with memory_limit():
+        yield
+
+
+def test_the_training_split_is_normalised_per_batch_when_a_float_copy_would_not_fit():
+    from sparsenet.data import BatchLoader, Split
+
+    images = torch.randint(0, 256, (640, 1, 128, 128), dtype=torch.uint8)  # 10 MiB; as floats 40 MiB
+    split = Split(images, torch.zeros(640, dtype=torch.int64))
+    assert BatchLoader(split, 64, 0.3, 0.2, torch.device("cpu")).normalised is not None
+    with memory_limit(64 * 2**20):  # 40 MiB would be more than half of what is left
+        loader = BatchLoader(split, 64, 0.3, 0.2, torch.device("cpu"))
+        assert loader.normalised is None
+        batch, _ = next(iter(loader))
+    assert batch.shape == (64, 3, 128, 128)
 
 
 def test_a_folder_too_large_for_memory_is_refused_before_decoding(tmp_path, little_memory):

@@ -54,8 +54,19 @@ def test_import_closure_finds_transitive_and_function_level_imports(tmp_path):
     (tmp_path / "pkg" / "b.py").write_text("def later():\n    from pkg import c\n")
     (tmp_path / "pkg" / "c.py").write_text("import json\n")
     (tmp_path / "pkg" / "unused.py").write_text("")
-    (tmp_path / "run.py").write_text("import pkg.a\n")
-    assert import_closure("pkg.a", tmp_path) == {"pkg/__init__.py", "pkg/a.py", "pkg/b.py", "pkg/c.py"}
+    assert import_closure("pkg.a", tmp_path, ("pkg",)) == {"pkg/__init__.py", "pkg/a.py", "pkg/b.py", "pkg/c.py"}
+
+
+def test_import_closure_stays_inside_its_packages_where_they_sit_among_others(tmp_path):
+    """As in site-packages, where a normal install puts the package beside torch and the rest."""
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "__init__.py").write_text("")
+    (tmp_path / "pkg" / "a.py").write_text("import other\nimport spaced.sub.mod\n")
+    (tmp_path / "other").mkdir()  # another distribution's package
+    (tmp_path / "other" / "__init__.py").write_text("")
+    (tmp_path / "spaced" / "sub").mkdir(parents=True)  # a namespace package: modulefinder fails on it
+    (tmp_path / "spaced" / "sub" / "mod.py").write_text("")
+    assert import_closure("pkg.a", tmp_path, ("pkg",)) == {"pkg/__init__.py", "pkg/a.py"}
 
 
 def undeclared_reads(log: Path, root: Path) -> dict[str, set[str]]:

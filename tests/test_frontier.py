@@ -77,3 +77,15 @@ def test_older_experiments_get_their_covered_sparsity_from_the_layer_counts():
                    "fc3": {"zeros": 0, "total": 840}}}
     (row,) = collect_points([{"rev": "workspace", "data": old["data"], "experiments": None}])
     assert row["sparsity"] == 0.5 and row["sparsity_all_layers"] == 0.49
+
+
+def test_runs_on_other_data_or_dense_training_are_separate_lines_and_seeds_are_not():
+    plain = _rev("plain", "magnitude", 0.9, 0.90)
+    small = _rev("img32", "magnitude", 0.9, 0.80)
+    small["data"]["params"]["params.yaml"]["data"].update({"data": {"image_size": 32}, "train": {"epochs": 1}})
+    seed = _rev("seed1", "magnitude", 0.9, 0.89)
+    seed["data"]["params"]["params.yaml"]["data"]["seed"] = 1
+    rows = collect_points([{**plain, "experiments": [_experiment("success", small), _experiment("success", seed)]}])
+    lines = {row["experiment"]: row["line"] for row in rows}
+    assert lines == {"plain": "magnitude (global)", "seed1": "magnitude (global)",
+                     "img32": "magnitude (global), train.epochs 1, data.image_size 32"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sparsenet import analysis
 from sparsenet.checkpoints import load_model
 from sparsenet.config import Config
-from sparsenet.data import BatchLoader, load_prepared
+from sparsenet.data import BatchLoader, load_meta, load_split
 from sparsenet.io import write_json
 from sparsenet.models import default_device
 from sparsenet.pipeline.stage import Paths
@@ -24,9 +24,10 @@ def evaluate(cfg: Config, paths: Paths = Paths()) -> dict:
     out), ``sparse.sparsity_all_layers`` that of every weight layer; both are counted from the
     masks.
     """
-    dataset, meta = load_prepared(paths.prepared)
-    test = BatchLoader(dataset.test, EVAL_BATCH_SIZE, meta["mean"], meta["std"], default_device())
-    size, classes = dataset.image_size, len(dataset.classes)
+    meta = load_meta(paths.prepared)
+    test_split = load_split(paths.prepared, "test")  # the training split is not needed here
+    test = BatchLoader(test_split, EVAL_BATCH_SIZE, meta["mean"], meta["std"], default_device())
+    size, classes = int(test_split.images.shape[-1]), len(meta["classes"])
     models = {
         "dense": (paths.dense_model, load_model(paths.dense_model, False, size, classes)),
         "sparse": (paths.sparse_model, load_model(paths.sparse_model, True, size, classes)),

@@ -69,13 +69,34 @@ def step_code_files(stage: str) -> list[str]:
     return sorted(import_closure(f"sparsenet.pipeline.{stage}"))
 
 
-def import_closure(module: str, root: Path = PROJECT_ROOT) -> set[str]:
-    """Files under ``root`` (relative paths) that importing ``module`` loads, transitively.
+PROJECT_PACKAGES = ("sparsenet", "stages")
+
+
+class _PackageFinder(modulefinder.ModuleFinder):
+    """A ModuleFinder that follows only modules of the given top-level packages.
+
+    Where the package is installed normally, its folder is site-packages: without this limit the
+    finder would walk torch and everything else there (and stop on some namespace packages).
+    """
+
+    def __init__(self, root: Path, packages: tuple[str, ...]) -> None:
+        super().__init__(path=[str(root)])
+        self.packages = packages
+
+    def import_module(self, partname, fqname, parent):  # noqa: ANN001 (ModuleFinder's signature)
+        if fqname.split(".")[0] not in self.packages:
+            return None  # recorded as not found, not followed
+        return super().import_module(partname, fqname, parent)
+
+
+def import_closure(module: str, root: Path = PROJECT_ROOT,
+                   packages: tuple[str, ...] = PROJECT_PACKAGES) -> set[str]:
+    """Files under ``root`` (relative paths) that importing ``module`` loads from ``packages``, transitively.
 
     Found without running anything (``modulefinder``, with ``root`` alone on its path): every
     import statement counts, also those inside functions.
     """
-    finder = modulefinder.ModuleFinder(path=[str(root)])
+    finder = _PackageFinder(root, packages)
     finder.import_hook(module)
     files = set()
     for found in finder.modules.values():
@@ -87,8 +108,18 @@ def import_closure(module: str, root: Path = PROJECT_ROOT) -> set[str]:
 
 
 def _device_name() -> str:
+    """The device as far as it can change results: the GPU's name, or the CPU's model and the
+    vector instructions torch's kernels use on it (AVX2, AVX512, …)."""
     device = default_device()
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu {platform.processor()}"
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            model = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), "")
+    except OSError:
+        pass
+    return f"cpu {platform.machine()} {model or platform.processor()} {torch.backends.cpu.get_cpu_capability()}"
 
 
 def _update_from_file(digest: "hashlib._Hash", path: Path, block: int = 2**22) -> None:

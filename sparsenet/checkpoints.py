@@ -123,9 +123,13 @@ def compact_checkpoint(model: LeNet) -> dict:
 
 # --------------------------------------------------------------------------- dense history
 
+def _history_prefix(point: str) -> str:
+    return "init." if point == "init" else f"epoch{point}."
+
+
 def history_entries(point: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """``state`` under the keys of one history point: ``init`` or an epoch number."""
-    prefix = "init." if point == "init" else f"epoch{point}."
+    prefix = _history_prefix(point)
     return {prefix + key: value for key, value in state.items()}
 
 
@@ -136,7 +140,7 @@ def history_points(history: dict[str, Any]) -> list[str]:
 
 def rewind_state(history: dict[str, torch.Tensor], point: str) -> dict[str, torch.Tensor]:
     """The dense weights at ``point`` (``init`` or an epoch number) from ``dense_history.pt``."""
-    prefix = "init." if point == "init" else f"epoch{point}."
+    prefix = _history_prefix(point)
     state = {k[len(prefix):]: v for k, v in history.items() if k.startswith(prefix)}
     if not state:
         raise SparseNetError(f"prune.rewind = '{point}': not in the dense training history "
@@ -146,21 +150,27 @@ def rewind_state(history: dict[str, torch.Tensor], point: str) -> dict[str, torc
 
 # --------------------------------------------------------------------------- what a file holds
 
-def describe(state: Any) -> tuple[str, Any]:
-    """(kind, model state) of any checkpoint the project writes, for ``sparsenet inspect``."""
+def unwrap(state: Any) -> tuple[str | None, Any]:
+    """(what holds the model, the model's state) for any file the project writes.
+
+    A resume checkpoint holds the model it is training, a dense history the weights at each point
+    (its ``init`` weights stand for the model); a model file holds itself (None).
+    """
     if not isinstance(state, dict):
         raise ValueError(f"holds a {type(state).__name__}, not a state dict")
     if "history" in state and "model" in state:
         return f"resume checkpoint after epoch {len(state['history'])}", state["model"]
     if "init.conv1.weight" in state:
-        points = history_points(state)
-        return (f"dense weights at {', '.join(points)} (the points prune.rewind can go back to)",
-                {key.split(".", 1)[1]: value for key, value in state.items() if key.startswith("init.")})
+        return (f"dense weights at {', '.join(history_points(state))} (the points prune.rewind can go back to)",
+                rewind_state(state, "init"))
+    return None, state
+
+
+def model_kind(state: dict) -> str:
+    """What kind of LeNet a model state holds."""
     if "state_dict" in state:
-        return "LeNet (compact: pruned structure removed)", state
-    if "conv1.mask" in state:
-        return "SparseNet (masked)", state
-    return "LeNet (dense)", state
+        return "LeNet (compact: pruned structure removed)"
+    return "SparseNet (masked)" if "conv1.mask" in state else "LeNet (dense)"
 
 
 # --------------------------------------------------------------------------- resume state

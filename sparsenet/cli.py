@@ -19,7 +19,7 @@ from importlib import import_module
 from pathlib import Path
 
 from sparsenet import analysis
-from sparsenet.checkpoints import describe, lenet_from_state_dict, load_checkpoint
+from sparsenet.checkpoints import lenet_from_state_dict, load_checkpoint, model_kind, unwrap
 from sparsenet.errors import SparseNetError, one_line_errors
 
 STEPS = ("prepare", "train_dense", "prune_train", "train_control", "evaluate", "visualize")
@@ -29,13 +29,13 @@ TOOLS = ("summary", "bench", "frontier")
 def inspect_checkpoint(path: Path) -> None:
     """Print what a checkpoint holds: model kind, widths, per-layer sparsity, params, MACs, size."""
     try:
-        kind, state = describe(load_checkpoint(path))
+        holder, state = unwrap(load_checkpoint(path))
         model = lenet_from_state_dict(state, sparse="conv1.mask" in state)
     except ValueError as exc:
         raise SparseNetError(f"{path}: {exc}") from None
-    if kind.startswith(("resume", "dense weights")):
-        print(f"{path}: {kind}")
-        kind = "SparseNet (masked)" if "conv1.mask" in state else "LeNet (dense)"
+    if holder is not None:
+        print(f"{path}: {holder}")
+    kind = model_kind(state)
     cost = analysis.model_cost(model, model.image_size, model.in_channels)
     layers = analysis.layer_sparsity(model)
     print(f"{path}: {kind}, {model.num_classes} classes, input {model.in_channels}x{model.image_size}x"

@@ -160,13 +160,10 @@ def _check_values(cfg: Config, source: str) -> None:
     one_of("prune.lr_schedule", cfg.prune.lr_schedule, options.LR_SCHEDULES)
     for name in cfg.prune.exclude:
         one_of("prune.exclude", name, options.LAYER_NAMES)
-    if set(cfg.prune.exclude) >= set(options.LAYER_NAMES):
-        fail("prune.exclude", cfg.prune.exclude, "a list that leaves at least one layer to prune")
-    if cfg.prune.method == "structured":
-        kept = options.STRUCTURE_KEEPS[cfg.prune.structure]
-        if set(cfg.prune.exclude) | {kept} >= set(options.LAYER_NAMES):
-            fail("prune.exclude", cfg.prune.exclude, f"a list that leaves at least one layer to prune (structured "
-                 f"{cfg.prune.structure} never prunes {kept})")
+    kept = options.STRUCTURE_KEEPS[cfg.prune.structure] if cfg.prune.method == "structured" else None
+    if set(cfg.prune.exclude) | {kept} >= set(options.LAYER_NAMES):
+        why = f" (structured {cfg.prune.structure} never prunes {kept})" if kept else ""
+        fail("prune.exclude", cfg.prune.exclude, f"a list that leaves at least one layer to prune{why}")
     for key, (low, high) in options.INT_RANGES.items():
         value = _get(cfg, key)
         if not low <= value <= high:

@@ -113,8 +113,9 @@ def _digest(data: bytes) -> bytes:
     return hashlib.blake2b(data, digest_size=16).digest()
 
 
-def _array_digests(images: np.ndarray) -> list[bytes]:
-    return [_digest(image.tobytes()) for image in images]
+def _indexed_items(name: str, images: np.ndarray) -> tuple[list[str], list[bytes]]:
+    """Origins ``<name>[i]`` and digests of the raw images of an array source (IDX, generated)."""
+    return [f"{name}[{i}]" for i in range(len(images))], [_digest(image.tobytes()) for image in images]
 
 
 @dataclass
@@ -197,8 +198,7 @@ def load_fashion_mnist(directory: str | Path, download: bool = True) -> Dataset:
         if images.ndim != 3 or labels.shape != (images.shape[0],):
             raise SparseNetError(f"{directory}: {images_name} / {labels_name} do not match")
         splits[split] = Split(torch.from_numpy(images[:, None].copy()), torch.from_numpy(labels.astype(np.int64)))
-        origins[split] = [f"{images_name}[{i}]" for i in range(len(images))]
-        digests[split] = _array_digests(images)
+        origins[split], digests[split] = _indexed_items(images_name, images)
     return Dataset(splits["train"], splits["test"], list(FASHION_MNIST_CLASSES), origins=origins, digests=digests)
 
 
@@ -227,10 +227,11 @@ def make_synthetic(train_size: int, test_size: int, classes: int, image_size: in
             images[part] = np.clip(img * 255, 0, 255).astype(np.uint8)
         return Split(torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64)))
 
-    train, test = draw(train_size), draw(test_size)
-    origins = {name: [f"{name}[{i}]" for i in range(len(split))] for name, split in (("train", train), ("test", test))}
-    digests = {name: _array_digests(split.images.numpy()) for name, split in (("train", train), ("test", test))}
-    return Dataset(train, test, [f"class_{i}" for i in range(classes)], origins=origins, digests=digests)
+    splits = {"train": draw(train_size), "test": draw(test_size)}
+    items = {name: _indexed_items(name, split.images.numpy()) for name, split in splits.items()}
+    return Dataset(splits["train"], splits["test"], [f"class_{i}" for i in range(classes)],
+                   origins={name: origins for name, (origins, _) in items.items()},
+                   digests={name: digests for name, (_, digests) in items.items()})
 
 
 def full_scale(img: Image.Image) -> float | None:

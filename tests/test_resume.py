@@ -153,7 +153,7 @@ def test_fingerprint_covers_the_code_dvc_yaml_lists_for_the_stage():
 
     for stage in ("train_dense", "prune_train", "train_control"):
         modules = {dep for dep in declared(STAGES[stage], "deps") if dep.endswith(".py")}
-        assert set(step_code_files(stage)) == {m for m in modules if not m.startswith("stages/")}, stage
+        assert set(step_code_files(stage)) == modules, stage
 
 
 def test_diverging_loss_names_epoch_and_step_and_keeps_last_good_checkpoint(tmp_path):

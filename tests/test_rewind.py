@@ -111,7 +111,7 @@ def test_a_rewind_restarts_adam_and_the_learning_rate_schedule(schedule):
     # Without the restart, Adam's moments from epoch 1 would carry over: a different model.
     carried = copy.deepcopy(start)
     train, test = _loaders()
-    fit(carried, train, test, 2, 0.01,
+    fit(carried, train, test, 2, 0.01, lr_schedule=schedule,
         after_epoch=lambda epoch, record: carried.load_state_dict(start.state_dict()) and None)
     assert not torch.equal(carried.fc1.weight, rewound.fc1.weight)
 

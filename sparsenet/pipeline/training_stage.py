@@ -61,12 +61,17 @@ def resume_args(paths: Paths, stage: str, cfg: Config, *inputs: Path) -> dict:
 
 
 def step_code_files(stage: str) -> list[str]:
-    """The project's source files (relative paths) that step ``stage`` imports, transitively.
+    """The project's source files (relative paths) that stage ``stage`` runs, transitively.
 
-    The same files ``dvc.yaml`` lists for the stage, found the same way, so an edit of any of them
-    makes a left-over checkpoint stale.
+    The same files ``dvc.yaml`` lists for the stage (its entry point ``stages/<stage>.py`` and
+    everything it imports), found the same way, so an edit of any of them makes a left-over
+    checkpoint stale.  Where the package is installed without the project's ``stages/`` folder,
+    the step module's closure.
     """
-    return sorted(import_closure(f"sparsenet.pipeline.{stage}"))
+    try:
+        return sorted(import_closure(f"stages.{stage}"))
+    except ImportError:
+        return sorted(import_closure(f"sparsenet.pipeline.{stage}"))
 
 
 PROJECT_PACKAGES = ("sparsenet", "stages")

@@ -1,10 +1,8 @@
-"""Sparsity per layer, the ``interpret_sparsity`` printout, model cost (params, MACs) and speed."""
+"""Sparsity per layer, the ``interpret_sparsity`` printout and model cost (params, MACs)."""
 
 from __future__ import annotations
 
-import statistics
 import sys
-import time
 from dataclasses import dataclass
 from typing import TextIO
 
@@ -98,30 +96,3 @@ def _used(module: nn.Module, name: str) -> torch.Tensor:
     if isinstance(module, SPARSE_LAYER_TYPES):
         return module.masked_weight() if name == "weight" else module.masked_bias()
     return getattr(module, name)
-
-
-@torch.no_grad()
-def throughput(models: dict[str, nn.Module], image_size: int, batch_size: int = 256, repeats: int = 30,
-               warmup: int = 10, in_channels: int = 3) -> dict[str, float]:
-    """Inference images per second of each model: median over ``repeats`` timed batches.
-
-    The models take turns batch by batch, so a drift in the machine's speed hits them alike.
-    """
-    inputs, seconds = {}, {name: [] for name in models}
-    for name, model in models.items():
-        device = next(model.parameters()).device
-        x = torch.randn(batch_size, in_channels, image_size, image_size, device=device)
-        inputs[name] = x.contiguous(memory_format=torch.channels_last)
-        model.eval()
-    for i in range(warmup + repeats):
-        for name, model in models.items():
-            cuda = inputs[name].is_cuda
-            if cuda:
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            model(inputs[name])
-            if cuda:
-                torch.cuda.synchronize()
-            if i >= warmup:
-                seconds[name].append(time.perf_counter() - start)
-    return {name: batch_size / statistics.median(times) for name, times in seconds.items()}

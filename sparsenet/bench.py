@@ -9,8 +9,9 @@ Measured, each as a ratio of two timings taken in this same process:
   ``torchvision.datasets.ImageFolder`` + ``DataLoader`` + PIL transforms over the same images
   written as PNG files (loader alone, and loader + training step);
 - a SparseNet training step (90% masked) against a dense LeNet step;
-- inference of the compact model from 50% structured filter pruning against the dense model,
-  and the time each spends per layer;
+- inference at batch 256 and batch 1: the dense, the sparse (the run's models/sparse.pt, else a
+  95% magnitude-pruned one) and the compact model from 50% filter pruning, each in eager
+  PyTorch and on :mod:`sparsenet.engine`, and the time each spends per layer;
 - fp32 matmul GFLOP/s of this machine and the GFLOP/s LeNet training achieves.
 """
 
@@ -27,15 +28,20 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
-from sparsenet.analysis import model_cost, throughput
+from sparsenet import engine
+from sparsenet.analysis import model_cost
+from sparsenet.checkpoints import load_model
 from sparsenet.compact import compact
-from sparsenet.errors import one_line_errors
+from sparsenet.errors import SparseNetError, one_line_errors
 from sparsenet.data import BatchLoader, Split, load_prepared, make_synthetic
 from sparsenet.io import write_json
 from sparsenet.models import LeNet, SparseNet, default_device, enforce_masks_after_steps
 from sparsenet.options import LAYER_NAMES
 from sparsenet.pruning import prune_model
 from sparsenet.pipeline.stage import keep_freed_memory
+from sparsenet.speed import batch_input, images_per_second, latency_ms
+
+INFERENCE_BATCH = 256
 
 
 def _median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
@@ -113,7 +119,7 @@ def layer_milliseconds(models: dict[str, nn.Module], image_size: int, batch_size
                        repeats: int) -> dict[str, dict[str, float]]:
     """Median milliseconds per inference batch in each layer, and in the rest (pooling, ReLU).
 
-    The models take turns, like :func:`sparsenet.analysis.throughput`; shows where pruning saves
+    The models take turns, like :func:`sparsenet.speed.images_per_second`; shows where pruning saves
     time and where it cannot.
     """
     warmup = 5
@@ -160,6 +166,53 @@ def cpu_name() -> str:
 def matmul_gflops(size: int = 1024, repeats: int = 5) -> float:
     a, b = torch.randn(size, size), torch.randn(size, size)
     return 2 * size ** 3 / _median_seconds(lambda: a @ b, repeats) / 1e9
+
+
+def inference(classes: int, size: int, repeats: int, models: Path) -> dict:
+    """Eager PyTorch and the engine, dense, sparse and compact (50% filters), taking turns.
+
+    Uses the run's ``models/dense.pt`` and ``models/sparse.pt`` when they fit the data, else a
+    fresh LeNet and a 95% magnitude-pruned copy; the compact model is the dense one with 50% of
+    its filters pruned by L1 norm (its speed does not depend on training).
+    """
+    torch.manual_seed(0)
+    try:
+        dense = load_model(models / "dense.pt", False, size, classes).cpu()
+        sparse = load_model(models / "sparse.pt", True, size, classes).cpu()
+        origin = str(models)
+    except SparseNetError:
+        dense = LeNet(classes, size)
+        sparse = SparseNet.from_dense(dense)
+        prune_model(sparse, "magnitude", 0.95, scope="global")
+        origin = "fresh LeNet, 95% magnitude-pruned"
+    filters = SparseNet.from_dense(dense)
+    prune_model(filters, "structured", 0.5, "filters")
+    small = compact(filters)
+    eager = {"dense": dense, "sparse": sparse, "compact": small}
+    compiled = {name: engine.compile(model) for name, model in eager.items()}
+    contenders = {**{f"{n}_eager": m for n, m in eager.items()}, **{f"{n}_engine": c for n, c in compiled.items()}}
+    x = batch_input(INFERENCE_BATCH, size)
+    rates = images_per_second(contenders, x, repeats=repeats * 6)
+    latency = latency_ms({k: contenders[k] for k in ("dense_eager", "sparse_eager", "sparse_engine")}, x[:1],
+                         repeats=repeats * 40)
+    layers = layer_milliseconds(eager, size, INFERENCE_BATCH, repeats * 4)
+    for name, forward in compiled.items():
+        if forward.engine != "pytorch":
+            stages = forward.layer_milliseconds(x, repeats * 4)
+            layers[f"{name}_engine"] = {"input copy": stages["input"], "conv1 (+pool, ReLU)": stages["conv1"],
+                                        "conv2 (+pool, ReLU)": stages["conv2"], "fc1": stages["fc1"],
+                                        "fc2": stages["fc2"], "fc3": stages["fc3"], "total": sum(stages.values())}
+    return {"models": origin, "engine": compiled["dense"].engine, "compact_widths": list(small.widths),
+            "compact_macs_fraction": model_cost(small, size).macs / model_cost(dense, size).macs,
+            "images_per_second": rates,
+            "speedup": {"sparse_engine_vs_dense_eager": rates["sparse_engine"] / rates["dense_eager"],
+                        "sparse_engine_vs_dense_engine": rates["sparse_engine"] / rates["dense_engine"],
+                        "compact_engine_vs_dense_engine": rates["compact_engine"] / rates["dense_engine"],
+                        "compact_engine_vs_dense_eager": rates["compact_engine"] / rates["dense_eager"],
+                        "compact_eager_vs_dense_eager": rates["compact_eager"] / rates["dense_eager"]},
+            "batch1_latency_ms": latency,
+            "batch1_p50_sparse_engine_vs_dense_eager": latency["sparse_engine"]["p50"] / latency["dense_eager"]["p50"],
+            "layer_ms": layers}
 
 
 def run(images: int, batch_size: int, repeats: int, prepared: Path | None) -> dict:
@@ -216,18 +269,8 @@ def run(images: int, batch_size: int, repeats: int, prepared: Path | None) -> di
     results["training_step"] = {"dense_ms": dense_s * 1e3, "sparse_ms": sparse_s * 1e3,
                                 "sparse_vs_dense": sparse_s / dense_s}
 
-    # Compact (50% filters) vs dense inference.
-    pruned = SparseNet.from_dense(LeNet(classes, size))
-    prune_model(pruned, "structured", 0.5, "filters")
-    small = compact(pruned).to(device, memory_format=torch.channels_last)
-    reference = LeNet(classes, size).to(device, memory_format=torch.channels_last)
-    rates = throughput({"dense": reference, "compact": small}, size, 256, repeats=repeats * 10)
-    dense_ips, compact_ips = rates["dense"], rates["compact"]
-    results["inference"] = {"dense_img_s": dense_ips, "compact_img_s": compact_ips,
-                            "compact_widths": list(small.widths), "compact_vs_dense": compact_ips / dense_ips,
-                            "compact_macs_fraction": model_cost(small, size).macs / model_cost(reference, size).macs,
-                            "layer_ms": layer_milliseconds({"dense": reference, "compact": small}, size, 256,
-                                                           repeats * 6)}
+    results["inference"] = inference(classes, size, repeats, Path("models"))
+    reference = LeNet(classes, size)
 
     # How much of the machine LeNet training uses: fwd + bwd ≈ 3 × forward MACs × 2 FLOPs.
     peak = matmul_gflops()
@@ -252,9 +295,15 @@ def report(results: dict) -> str:
         f"({data['pipeline_img_s']:.0f} vs {data['naive_training_img_s']:.0f} img/s)",
         f"training step, sparse vs dense         : {step['sparse_vs_dense']:.2f}x "
         f"({step['sparse_ms']:.1f} vs {step['dense_ms']:.1f} ms)",
-        f"inference, compact (50% filters) vs dense: {inf['compact_vs_dense']:.2f}x "
-        f"({inf['compact_img_s']:.0f} vs {inf['dense_img_s']:.0f} img/s; {inf['compact_macs_fraction']:.2f}x the MACs)",
-        *(f"  {name:8} ms per 256 images: " + ", ".join(f"{layer} {ms:.1f}" for layer, ms in layers.items())
+        f"inference at batch {INFERENCE_BATCH}, images/s ({inf['models']}; engine: {inf['engine']}):",
+        "  " + ", ".join(f"{name} {rate:,.0f}" for name, rate in inf["images_per_second"].items()),
+        "  " + ", ".join(f"{name.replace('_vs_', ' vs ')} {value:.2f}x" for name, value in inf["speedup"].items()),
+        f"  compact model widths {inf['compact_widths']}, {inf['compact_macs_fraction']:.2f}x the dense MACs",
+        "batch 1 latency, ms (p50 / p99): " + ", ".join(
+            f"{name} {v['p50']:.3f} / {v['p99']:.3f}" for name, v in inf["batch1_latency_ms"].items())
+        + f"; sparse engine vs dense PyTorch p50 {inf['batch1_p50_sparse_engine_vs_dense_eager']:.2f}x",
+        f"ms per {INFERENCE_BATCH} images, per layer:",
+        *(f"  {name:15} " + ", ".join(f"{layer} {ms:.2f}" for layer, ms in layers.items())
           for name, layers in inf["layer_ms"].items()),
         f"fp32 matmul {flops['matmul_gflops']:.1f} GFLOP/s; LeNet training {flops['lenet_training_gflops']:.1f} "
         f"GFLOP/s = {flops['fraction_of_matmul']:.2f} of it",

@@ -47,15 +47,23 @@ def write_report(cfg: Config, metrics: dict, speed: dict, figures: list[Path], o
     rows = []
     for key, label in MODEL_ROWS:
         m = metrics[key]
-        rate = speed.get(key, {}).get("images_per_second")
+        rates = [speed.get("images_per_second", {}).get(f"{key}_{how}") for how in ("eager", "engine")]
         rows.append([label, f"{m['accuracy']:.2%}", f"{m['nonzero_params']:,} / {m['params']:,}",
                      f"{m['macs']:,}", f"{m['nonzero_macs']:,}", f"{m['checkpoint_bytes']:,}",
-                     f"{rate:,.0f}" if rate else "—"])
+                     *(f"{rate:,.0f}" if rate else "—" for rate in rates)])
     lines += _table(["model", "test accuracy", "non-zero / all params", "MACs per image",
-                     "MACs over non-zero weights", "checkpoint bytes", f"img/s ({speed.get('device', '?')})"], rows)
-    lines += ["", f"Compact vs dense inference speed: **{speed.get('speedup', float('nan')):.2f}x** "
-              f"(batch {speed.get('batch_size', '?')}, median of repeats). Compact widths "
-              f"{metrics['compact']['widths']}.", "", "## Sparsity per layer", ""]
+                     "MACs over non-zero weights", "checkpoint bytes", "img/s PyTorch",
+                     f"img/s engine ({speed.get('engine', '?')})"], rows)
+    up = speed.get("speedup", {})
+    if up:
+        lines += ["", f"Inference at batch {speed['batch_size']} on {speed['device']}, {speed['threads']} threads: "
+                  f"the sparse model on the engine runs **{up['sparse_engine_vs_dense_eager']:.2f}x** the dense "
+                  f"model in PyTorch and {up['sparse_engine_vs_dense_engine']:.2f}x the dense model on the engine; "
+                  f"the compact model (widths {metrics['compact']['widths']}) on the engine "
+                  f"{up['compact_engine_vs_dense_engine']:.2f}x the dense model on the engine. Batch 1: the sparse "
+                  f"model on the engine takes {speed['batch1_p50_ratio']['sparse_engine_vs_dense_eager']:.2f}x the "
+                  "dense PyTorch model's median latency."]
+    lines += ["", "## Sparsity per layer", ""]
     lines += _table(["layer", "sparsity", "zero weights", "weights"],
                     [[name, f"{layer['sparsity']:.2f}", f"{layer['zeros']:,}", f"{layer['total']:,}"]
                      for name, layer in sparse["layers"].items()])

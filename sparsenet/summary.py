@@ -39,7 +39,11 @@ def main(argv: list[str] | None = None) -> None:
         speed_path = Path("metrics/speed.json")
         if speed_path.is_file():
             speed = read_json(speed_path)
-            print(f"compact vs dense inference speed ({speed['device']}): {speed['speedup']:.2f}x")
+            up = speed["speedup"]
+            print(f"inference speed ({speed['device']}, batch {speed['batch_size']}, {speed['engine']} engine): sparse "
+                  f"on the engine {up['sparse_engine_vs_dense_eager']:.2f}x dense PyTorch, "
+                  f"{up['sparse_engine_vs_dense_engine']:.2f}x dense on the engine; compact on the engine "
+                  f"{up['compact_engine_vs_dense_engine']:.2f}x dense on the engine")
         if Path("plots/report.md").is_file():
             print("the whole run on one page: plots/report.md")
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from sparsenet import analysis
+import torch
+
+from sparsenet import analysis, engine
 from sparsenet.checkpoints import load_model
 from sparsenet.config import Config
 from sparsenet.data import BatchLoader, load_meta, load_split
@@ -10,9 +12,59 @@ from sparsenet.io import write_json
 from sparsenet.models import default_device
 from sparsenet.pipeline.stage import Paths
 from sparsenet.pruning import pruned_layer_names
+from sparsenet.speed import batch_input, images_per_second, latency_ms
 from sparsenet.training import EVAL_BATCH_SIZE, evaluate as test_loss_and_accuracy
 
 SPEED_BATCH_SIZE = 256
+TIMED = ("dense", "sparse", "compact")
+
+
+def engine_agreement(eager: torch.nn.Module, compiled: engine.CompiledModel, test: BatchLoader) -> tuple[float, float]:
+    """(fraction of test images both predict alike, largest absolute logit difference)."""
+    same, count, largest = 0, 0, 0.0
+    with torch.inference_mode():
+        for images, _ in test:
+            expected, got = eager(images).cpu(), compiled(images).cpu()
+            same += int((expected.argmax(1) == got.argmax(1)).sum())
+            count += len(images)
+            largest = max(largest, float((expected - got).abs().max()))
+    return same / count, largest
+
+
+def measure_speed(models: dict[str, torch.nn.Module], test: BatchLoader, size: int, in_channels: int) -> dict:
+    """``metrics/speed.json``: images/s at batch 256 of each model in eager PyTorch and on the
+    engine, batch-1 latency, the speed-ups (each named by what it compares), and how closely the
+    engine reproduces each model on the test set."""
+    compiled = {name: engine.compile(models[name]) for name in TIMED}
+    device = next(models["dense"].parameters()).device
+    x = batch_input(SPEED_BATCH_SIZE, size, in_channels, device)
+    contenders = {**{f"{name}_eager": models[name] for name in TIMED},
+                  **{f"{name}_engine": compiled[name] for name in TIMED}}
+    rates = images_per_second(contenders, x)
+    latency = latency_ms({key: contenders[key] for key in ("dense_eager", "sparse_eager", "dense_engine",
+                                                            "sparse_engine")}, x[:1])
+    agreement = {name: engine_agreement(models[name], compiled[name], test) for name in TIMED}
+    ratio = lambda a, b: rates[a] / rates[b]  # noqa: E731
+    return {
+        "device": str(device), "threads": torch.get_num_threads(), "batch_size": SPEED_BATCH_SIZE,
+        "engine": compiled["dense"].engine, "engine_fallback_reason": compiled["dense"].reason,
+        "images_per_second": rates,
+        "speedup": {
+            "sparse_engine_vs_dense_eager": ratio("sparse_engine", "dense_eager"),
+            "sparse_engine_vs_dense_engine": ratio("sparse_engine", "dense_engine"),
+            "compact_engine_vs_dense_engine": ratio("compact_engine", "dense_engine"),
+            "compact_engine_vs_dense_eager": ratio("compact_engine", "dense_eager"),
+            "compact_eager_vs_dense_eager": ratio("compact_eager", "dense_eager"),
+            "dense_engine_vs_dense_eager": ratio("dense_engine", "dense_eager"),
+        },
+        "batch1_latency_ms": latency,
+        "batch1_p50_ratio": {
+            "sparse_engine_vs_dense_eager": latency["sparse_engine"]["p50"] / latency["dense_eager"]["p50"],
+            "sparse_engine_vs_sparse_eager": latency["sparse_engine"]["p50"] / latency["sparse_eager"]["p50"],
+        },
+        "engine_prediction_agreement": {name: value[0] for name, value in agreement.items()},
+        "engine_max_abs_logit_difference": {name: value[1] for name, value in agreement.items()},
+    }
 
 
 def evaluate(cfg: Config, paths: Paths = Paths()) -> dict:
@@ -34,7 +86,6 @@ def evaluate(cfg: Config, paths: Paths = Paths()) -> dict:
         "compact": (paths.compact_model, load_model(paths.compact_model, False, size, classes)),
     }
     metrics: dict = {}
-    speed: dict = {"device": str(default_device()), "batch_size": SPEED_BATCH_SIZE}
     control = load_model(paths.control_model, False, size, classes)
     for name, (path, model) in [*models.items(), ("control", (paths.control_model, control))]:
         loss, accuracy = test_loss_and_accuracy(model, test)
@@ -42,8 +93,8 @@ def evaluate(cfg: Config, paths: Paths = Paths()) -> dict:
         metrics[name] = {"accuracy": accuracy, "loss": loss, "params": cost.params,
                          "nonzero_params": cost.nonzero_params, "macs": cost.macs,
                          "nonzero_macs": cost.nonzero_macs, "checkpoint_bytes": path.stat().st_size}
-    rates = analysis.throughput({name: model for name, (_, model) in models.items()}, size, SPEED_BATCH_SIZE)
-    speed.update({name: {"images_per_second": rate} for name, rate in rates.items()})
+    speed = measure_speed({name: model for name, (_, model) in models.items()}, test, size,
+                          models["dense"][1].in_channels)
     sparse = models["sparse"][1]
     layers = analysis.layer_sparsity(sparse)
     analysis.interpret_sparsity(sparse)
@@ -59,13 +110,16 @@ def evaluate(cfg: Config, paths: Paths = Paths()) -> dict:
                    for layer in layers},
     })
     metrics["compact"]["widths"] = list(models["compact"][1].widths)
-    speed["speedup"] = speed["compact"]["images_per_second"] / speed["dense"]["images_per_second"]
     write_json(paths.metrics, metrics)
     write_json(paths.speed, speed)
     print(f"dense accuracy {metrics['dense']['accuracy']:.4f} | control (dense, same epochs) "
           f"{metrics['control']['accuracy']:.4f} | sparse accuracy {metrics['sparse']['accuracy']:.4f} "
           f"at sparsity {metrics['sparse']['sparsity']:.4f} over {', '.join(covered)} "
           f"({metrics['sparse']['sparsity_all_layers']:.4f} over all layers) -> {paths.metrics}")
-    print(f"compact model: {metrics['compact']['macs'] / metrics['dense']['macs']:.2f}x the dense MACs, "
-          f"{speed['speedup']:.2f}x its inference speed ({speed['device']}) -> {paths.speed}")
+    up = speed["speedup"]
+    print(f"inference at batch {SPEED_BATCH_SIZE} on {speed['device']} ({speed['engine']} engine): sparse "
+          f"{up['sparse_engine_vs_dense_eager']:.2f}x dense PyTorch, {up['sparse_engine_vs_dense_engine']:.2f}x dense on "
+          f"the engine; compact {up['compact_engine_vs_dense_engine']:.2f}x dense on the engine "
+          f"({metrics['compact']['macs'] / metrics['dense']['macs']:.2f}x its MACs); batch 1: sparse on the engine "
+          f"{speed['batch1_p50_ratio']['sparse_engine_vs_dense_eager']:.2f}x dense PyTorch's p50 latency -> {paths.speed}")
     return metrics

@@ -17,7 +17,17 @@ if ! $setup_only && [ ! -f "$fmnist/train-images-idx3-ubyte.gz" ]; then
   $sudo_cmd apt-get install -y -qq dataset-fashion-mnist
 fi
 
-# 2. Python environment in .venv with everything from requirements.txt (incl. this package).
+# 2. A C compiler for the inference engine (sparsenet.engine compiles each model once; without a
+#    compiler it runs the PyTorch forward instead and says so).
+if ! command -v gcc >/dev/null 2>&1 && ! command -v cc >/dev/null 2>&1; then
+  echo "==> installing gcc (C compiler for sparsenet.engine)"
+  sudo_cmd=""; [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+  if ! { $sudo_cmd apt-get update -qq && $sudo_cmd apt-get install -y -qq gcc libc6-dev; }; then
+    echo "warning: could not install gcc; the engine will fall back to the PyTorch forward" >&2
+  fi
+fi
+
+# 3. Python environment in .venv with everything from requirements.txt (incl. this package).
 if [ ! -x .venv/bin/python ]; then
   echo "==> creating .venv"
   python3 -m venv .venv
@@ -28,7 +38,7 @@ echo "==> installing requirements into .venv"
 
 $setup_only && exit 0
 
-# 3. The pipeline. Stage commands call `python`, so the venv goes first on PATH.
+# 4. The pipeline. Stage commands call `python`, so the venv goes first on PATH.
 export PATH="$PWD/.venv/bin:$PATH"
 echo "==> dvc repro"
 dvc repro

@@ -215,7 +215,7 @@ def inference(classes: int, size: int, repeats: int, models: Path) -> dict:
             "layer_ms": layers}
 
 
-def run(images: int, batch_size: int, repeats: int, prepared: Path | None) -> dict:
+def run(images: int, batch_size: int, repeats: int, prepared: Path | None, models: Path = Path("models")) -> dict:
     keep_freed_memory()  # as every pipeline stage does
     device = default_device()
     torch.manual_seed(0)
@@ -269,7 +269,7 @@ def run(images: int, batch_size: int, repeats: int, prepared: Path | None) -> di
     results["training_step"] = {"dense_ms": dense_s * 1e3, "sparse_ms": sparse_s * 1e3,
                                 "sparse_vs_dense": sparse_s / dense_s}
 
-    results["inference"] = inference(classes, size, repeats, Path("models"))
+    results["inference"] = inference(classes, size, repeats, models)
     reference = LeNet(classes, size)
 
     # How much of the machine LeNet training uses: fwd + bwd ≈ 3 × forward MACs × 2 FLOPs.
@@ -317,13 +317,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats, the median is kept")
     parser.add_argument("--prepared", type=Path, default=Path("data/prepared"),
                         help="prepared data to read (default data/prepared; synthetic when missing)")
+    parser.add_argument("--models", type=Path, default=Path("models"),
+                        help="folder with the run's dense.pt and sparse.pt (default models; fresh models when missing)")
     parser.add_argument("--out", type=Path, default=Path("metrics/bench.json"))
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke check, not a measurement")
     args = parser.parse_args(argv)
     if args.quick:
         args.images, args.repeats = 256, 1
     with one_line_errors():
-        results = run(args.images, args.batch_size, args.repeats, args.prepared)
+        results = run(args.images, args.batch_size, args.repeats, args.prepared, args.models)
     write_json(args.out, results)
     print(report(results))
     print(f"-> {args.out}")

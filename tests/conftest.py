@@ -8,6 +8,15 @@ import torch
 from sparsenet.models import LeNet, SparseNet
 
 
+@pytest.fixture(autouse=True, scope="session")
+def engine_cache(tmp_path_factory):
+    """Compiled engines go to a cache of the test session's own (stages run by dvc inherit it)."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SPARSENET_CACHE", str(tmp_path_factory.mktemp("engine-cache")))
+    yield
+    mp.undo()
+
+
 @pytest.fixture
 def dense() -> LeNet:
     torch.manual_seed(0)

@@ -140,7 +140,13 @@ def test_repro_runs_every_stage_and_writes_metrics(project):
     assert metrics["sparse"]["nonzero_macs"] < 0.3 * metrics["sparse"]["macs"]
     assert metrics["compact"]["accuracy"] == pytest.approx(metrics["sparse"]["accuracy"], abs=1e-9)
     speed = json.loads((root / "metrics" / "speed.json").read_text())
-    assert speed["dense"]["images_per_second"] > 0 and speed["speedup"] > 0
+    assert set(speed["images_per_second"]) == {f"{m}_{how}" for m in ("dense", "sparse", "compact")
+                                               for how in ("eager", "engine")}
+    assert all(rate > 0 for rate in speed["images_per_second"].values())
+    assert speed["engine"] in ("avx512", "avx2", "pytorch") and speed["speedup"]["sparse_engine_vs_dense_eager"] > 0
+    assert speed["batch1_latency_ms"]["sparse_engine"]["p50"] <= speed["batch1_latency_ms"]["sparse_engine"]["p99"]
+    assert speed["engine_prediction_agreement"] == {"dense": 1.0, "sparse": 1.0, "compact": 1.0}
+    assert max(speed["engine_max_abs_logit_difference"].values()) < 1e-4
 
 
 def test_repro_writes_checkpoints_logs_and_plots(project):

@@ -93,21 +93,25 @@ class CompiledModel:
             source = codegen.generate([w for w, _ in layers[:2]], [b for _, b in layers[:2]], model.image_size,
                                       [w.shape for w, _ in layers[2:]], self.engine)
             self._arrays = _csr(layers[2:])
-            self._library = self._load(build.library(source, self.engine))
+            self._library = self._load(source)
         except build.BuildError as exc:
             self.engine, self.reason = "pytorch", str(exc)
             _notice(f"{exc}; using the PyTorch forward")
 
-    @staticmethod
-    def _load(path) -> ctypes.CDLL:
+    def _load(self, source: str) -> ctypes.CDLL:
+        """The compiled library; a cached file that does not load (damaged) is built again."""
+        path = build.library(source, self.engine)
         try:
             library = ctypes.CDLL(str(path))
-        except OSError as exc:  # a damaged cache entry: build it again
+        except OSError as exc:
+            _notice(f"{path}: cannot be loaded ({str(exc)[:120]}); building it again")
             path.unlink(missing_ok=True)
-            raise build.BuildError(f"{path}: cannot be loaded ({exc}); removed, it is rebuilt next time") from None
-        for name in ("sparsenet_forward",):
-            function = getattr(library, name)
-            function.restype = ctypes.c_int
+            path = build.library(source, self.engine)
+            try:
+                library = ctypes.CDLL(str(path))
+            except OSError as again:
+                raise build.BuildError(f"{path}: cannot be loaded ({str(again)[:200]})") from None
+        library.sparsenet_forward.restype = ctypes.c_int
         return library
 
     def _check(self, x: torch.Tensor) -> None:

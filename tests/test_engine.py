@@ -1,0 +1,219 @@
+"""sparsenet.engine: compiled inference equals the PyTorch model for every kind of model the
+project writes, at several sizes, batch sizes, memory formats and both vector extensions; the
+compile cache is reused and survives concurrent builders; without a compiler it falls back."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from sparsenet import engine
+from sparsenet.compact import compact
+from sparsenet.engine import build
+from sparsenet.models import LeNet, SparseNet
+from sparsenet.pruning import prune_model
+
+HAS_ENGINE = build.cpu_flags() >= build.ISA_FLAGS["avx2"][0] and shutil.which("gcc") is not None
+needs_engine = pytest.mark.skipif(not HAS_ENGINE, reason="needs an x86-64 CPU with AVX2 and gcc")
+ISAS = [isa for isa in ("avx512", "avx2") if build.cpu_flags() >= build.ISA_FLAGS[isa][0]]
+
+
+def trained_like(size: int, seed: int = 0) -> LeNet:
+    """A LeNet whose weights have a trained model's spread (default init, scaled up)."""
+    torch.manual_seed(seed)
+    model = LeNet(10, size)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(3.0)
+    return model
+
+
+def model_of(kind: str, size: int) -> LeNet:
+    dense = trained_like(size)
+    if kind == "dense":
+        return dense
+    method, amount, extra = {
+        "magnitude-0.5": ("magnitude", 0.5, {"scope": "layer"}),
+        "magnitude-0.95": ("magnitude", 0.95, {"scope": "global"}),
+        "random-0.8": ("random", 0.8, {}),
+        "filters-0.5": ("structured", 0.5, {"structure": "filters"}),
+        "channels-0.5": ("structured", 0.5, {"structure": "channels"}),
+        "compact-filters-0.5": ("structured", 0.5, {"structure": "filters"}),
+    }[kind]
+    net = SparseNet.from_dense(dense)
+    prune_model(net, method, amount, **extra)
+    # an optimizer that ignored the masks: the engine must use the masked weights, as forward does
+    with torch.no_grad():
+        net.conv2.weight.add_(0.01)
+    return compact(net) if kind.startswith("compact") else net
+
+
+def images(n: int, size: int, seed: int = 1) -> torch.Tensor:
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def assert_same_logits(model: LeNet, forward, x: torch.Tensor) -> None:
+    with torch.inference_mode():
+        expected, got = model(x), forward(x)
+    assert got.shape == expected.shape and got.dtype == torch.float32
+    assert (got - expected).abs().max().item() < 1e-4
+    assert (got.argmax(1) == expected.argmax(1)).float().mean().item() >= 0.9995
+
+
+@needs_engine
+@pytest.mark.parametrize("kind,size", [
+    ("dense", 64), ("magnitude-0.5", 32), ("magnitude-0.95", 64), ("random-0.8", 96),
+    ("filters-0.5", 32), ("channels-0.5", 64), ("compact-filters-0.5", 96),
+])
+def test_engine_computes_what_the_model_computes(kind, size):
+    model = model_of(kind, size)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    forward = engine.compile(model)
+    assert forward.engine == ISAS[0] and forward.reason is None
+    x = images(300, size)
+    assert_same_logits(model, forward, x)  # 300: whole blocks and a partial one on each thread
+    assert_same_logits(model, forward, x.contiguous(memory_format=torch.channels_last))
+    assert_same_logits(model, forward, x[:1])  # fewer images than threads: filters split
+    assert_same_logits(model, forward, x[:3])
+    assert_same_logits(model, forward, x[::2, :, :, :])  # a strided view
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before), "compile changed the model"
+
+
+@needs_engine
+@pytest.mark.skipif("avx2" not in ISAS, reason="CPU without AVX2")
+@pytest.mark.parametrize("kind,size", [("magnitude-0.95", 64), ("compact-filters-0.5", 32)])
+def test_avx2_path_computes_what_the_model_computes(kind, size):
+    model = model_of(kind, size)
+    forward = engine.compile(model, isa="avx2")
+    assert forward.engine == "avx2"
+    x = images(40, size)
+    assert_same_logits(model, forward, x)
+    assert_same_logits(model, forward, x[:1])
+
+
+@needs_engine
+def test_engine_skips_pruned_weights_in_the_generated_code():
+    """Zero weights leave no instruction: the sparse model's source is far smaller."""
+    dense = trained_like(32)
+    sparse = SparseNet.from_dense(dense)
+    prune_model(sparse, "magnitude", 0.9, scope="layer")
+    sizes = {}
+    for name, model in (("dense", dense), ("sparse", sparse)):
+        engine.compile(model)
+        sources = sorted(build.cache_dir().glob("*.c"), key=os.path.getmtime)
+        sizes[name] = sources[-1].read_text().count("FMA(")
+    assert sizes["sparse"] < 0.2 * sizes["dense"]
+
+
+@needs_engine
+def test_engine_times_each_stage():
+    model = model_of("magnitude-0.95", 32)
+    forward = engine.compile(model)
+    for batch in (images(64, 32), images(1, 32)):
+        stages = forward.layer_milliseconds(batch, repeats=2)
+        assert list(stages) == list(engine.STAGES)
+        assert all(ms > 0 for ms in stages.values())
+
+
+def test_engine_rejects_wrong_input_in_one_line():
+    model = trained_like(32)
+    forward = engine.compile(model)
+    if forward.engine == "pytorch":
+        pytest.skip(forward.reason)
+    with pytest.raises(ValueError, match=r"expected a batch N x 3 x 32 x 32, got \(2, 3, 64, 64\)"):
+        forward(images(2, 64))
+    with pytest.raises(ValueError, match="expected float32 images on the CPU, got torch.float64"):
+        forward(images(2, 32).double())
+    with pytest.raises(build.BuildError, match="SPARSENET_ISA / isa = 'sse9': expected one of avx512, avx2"):
+        build.choose_isa("sse9")
+
+
+RUN = textwrap.dedent("""
+    import sys, torch
+    from sparsenet import engine
+    from sparsenet.models import LeNet
+    torch.manual_seed(0)
+    model = LeNet(10, 32)
+    forward = engine.compile(model)
+    engine.compile(model)  # a second model: the notice is not repeated
+    x = torch.randn(8, 3, 32, 32)
+    with torch.inference_mode():
+        torch.save({"engine": forward.engine, "logits": forward(x), "expected": model(x)}, sys.argv[1])
+""")
+
+
+def run_script(tmp_path: Path, name: str, env: dict) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", RUN, str(tmp_path / f"{name}.pt")], env={**os.environ, **env},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_without_a_compiler_it_says_so_once_and_runs_pytorch(tmp_path):
+    process = run_script(tmp_path, "fallback", {"SPARSENET_CC": "no-such-cc", "SPARSENET_CACHE": str(tmp_path)})
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err
+    assert err.splitlines() == ["sparsenet.engine: SPARSENET_CC = 'no-such-cc': no such compiler on PATH; "
+                                "using the PyTorch forward"]
+    result = torch.load(tmp_path / "fallback.pt", weights_only=True)
+    assert result["engine"] == "pytorch" and torch.equal(result["logits"], result["expected"])
+    assert not list(tmp_path.glob("engine/*.so"))
+
+
+@needs_engine
+def test_concurrent_builders_share_one_whole_library(tmp_path):
+    """Two processes compiling the same model into an empty cache at once (two queue workers)."""
+    env = {"SPARSENET_CACHE": str(tmp_path / "cache")}
+    processes = [run_script(tmp_path, f"worker{i}", env) for i in range(2)]
+    for process in processes:
+        _, err = process.communicate(timeout=300)
+        assert process.returncode == 0, err
+    results = [torch.load(tmp_path / f"worker{i}.pt", weights_only=True) for i in range(2)]
+    for result in results:
+        assert result["engine"] != "pytorch"
+        assert (result["logits"] - result["expected"]).abs().max() < 1e-4
+    assert torch.equal(results[0]["logits"], results[1]["logits"])
+    cache = tmp_path / "cache" / "engine"
+    assert len(list(cache.glob("*.so"))) == 1
+    assert not [p for p in cache.iterdir() if p.name.startswith(".")], "temporary files left behind"
+
+
+@needs_engine
+def test_cache_is_reused_and_keyed_by_the_weights(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPARSENET_CACHE", str(tmp_path))
+    model = trained_like(32)
+    engine.compile(model)
+    libraries = list((tmp_path / "engine").glob("*.so"))
+    assert len(libraries) == 1
+    stamp = libraries[0].stat()
+    engine.compile(trained_like(32))  # same weights: no new build, the file is not rewritten
+    assert list((tmp_path / "engine").glob("*.so")) == libraries
+    assert libraries[0].stat().st_mtime_ns == stamp.st_mtime_ns and libraries[0].stat().st_ino == stamp.st_ino
+    with torch.no_grad():
+        model.conv1.weight[0, 0, 0, 0] += 1e-3  # one weight differs: another library
+    engine.compile(model)
+    assert len(list((tmp_path / "engine").glob("*.so"))) == 2
+
+
+@needs_engine
+def test_a_damaged_cache_entry_is_rebuilt(tmp_path):
+    env = {"SPARSENET_CACHE": str(tmp_path / "cache")}
+    first = run_script(tmp_path, "first", env)
+    assert first.wait(timeout=300) == 0, first.stderr.read()
+    library = next((tmp_path / "cache" / "engine").glob("*.so"))
+    damaged = library.with_name("damaged")
+    damaged.write_bytes(b"not a library")
+    damaged.replace(library)
+    second = run_script(tmp_path, "second", env)
+    _, err = second.communicate(timeout=300)
+    assert second.returncode == 0, err
+    assert "cannot be loaded" in err and "building it again" in err
+    result = torch.load(tmp_path / "second.pt", weights_only=True)
+    assert result["engine"] != "pytorch" and (result["logits"] - result["expected"]).abs().max() < 1e-4
+    assert library.stat().st_size > 1000

@@ -54,15 +54,18 @@ def write_report(cfg: Config, metrics: dict, speed: dict, figures: list[Path], o
     lines += _table(["model", "test accuracy", "non-zero / all params", "MACs per image",
                      "MACs over non-zero weights", "checkpoint bytes", "img/s PyTorch",
                      f"img/s engine ({speed.get('engine', '?')})"], rows)
-    up = speed.get("speedup", {})
-    if up:
+    up = speed.get("speedup")
+    if isinstance(up, dict) and "batch1_p50_latency_ratio" in speed:
+        on = "on the engine" if speed.get("engine") != "pytorch" else "on the engine's PyTorch fallback"
         lines += ["", f"Inference at batch {speed['batch_size']} on {speed['device']}, {speed['threads']} threads: "
-                  f"the sparse model on the engine runs **{up['sparse_engine_vs_dense_eager']:.2f}x** the dense "
-                  f"model in PyTorch and {up['sparse_engine_vs_dense_engine']:.2f}x the dense model on the engine; "
-                  f"the compact model (widths {metrics['compact']['widths']}) on the engine "
-                  f"{up['compact_engine_vs_dense_engine']:.2f}x the dense model on the engine. Batch 1: the sparse "
-                  f"model on the engine takes {speed['batch1_p50_ratio']['sparse_engine_vs_dense_eager']:.2f}x the "
-                  "dense PyTorch model's median latency."]
+                  f"the sparse model {on} runs **{up['sparse_engine_vs_dense_eager']:.2f}x** the dense "
+                  f"model in PyTorch and {up['sparse_engine_vs_dense_engine']:.2f}x the dense model {on}; "
+                  f"the compact model (widths {metrics['compact']['widths']}) {on} "
+                  f"{up['compact_engine_vs_dense_engine']:.2f}x the dense model {on}. Batch 1: the sparse "
+                  f"model {on} takes {speed['batch1_p50_latency_ratio']['sparse_engine_vs_dense_eager']:.2f}x "
+                  "the dense PyTorch model's median latency."]
+    else:
+        lines += ["", "`metrics/speed.json` is from an older release: re-run `dvc repro` for the speed figures."]
     lines += ["", "## Sparsity per layer", ""]
     lines += _table(["layer", "sparsity", "zero weights", "weights"],
                     [[name, f"{layer['sparsity']:.2f}", f"{layer['zeros']:,}", f"{layer['total']:,}"]

@@ -16,7 +16,7 @@ import torch
 
 from sparsenet import engine
 from sparsenet.compact import compact
-from sparsenet.engine import build
+from sparsenet.engine import build, codegen
 from sparsenet.models import LeNet, SparseNet
 from sparsenet.pruning import prune_model
 
@@ -99,18 +99,42 @@ def test_avx2_path_computes_what_the_model_computes(kind, size):
     assert_same_logits(model, forward, x[:1])
 
 
-@needs_engine
+def fma_count(model: LeNet) -> int:
+    layers = engine.effective_weights(model)
+    source = codegen.generate([w for w, _ in layers[:2]], [b for _, b in layers[:2]], model.image_size,
+                              [w.shape for w, _ in layers[2:]], "avx512")
+    return source.count("FMA(w")
+
+
 def test_engine_skips_pruned_weights_in_the_generated_code():
-    """Zero weights leave no instruction: the sparse model's source is far smaller."""
+    """Zero conv weights leave no multiply-add in the generated source."""
     dense = trained_like(32)
     sparse = SparseNet.from_dense(dense)
     prune_model(sparse, "magnitude", 0.9, scope="layer")
-    sizes = {}
-    for name, model in (("dense", dense), ("sparse", sparse)):
-        engine.compile(model)
-        sources = sorted(build.cache_dir().glob("*.c"), key=os.path.getmtime)
-        sizes[name] = sources[-1].read_text().count("FMA(")
-    assert sizes["sparse"] < 0.2 * sizes["dense"]
+    assert fma_count(sparse) < 0.2 * fma_count(dense)
+
+
+@needs_engine
+def test_non_finite_images_get_nan_logits_and_the_others_are_untouched():
+    model = model_of("magnitude-0.5", 32)
+    forward = engine.compile(model)
+    x = images(20, 32)
+    x[3, 1, 5, 7] = float("nan")
+    x[11, 0, 0, 0] = float("inf")
+    for batch in (x, x[3:4]):
+        logits = forward(batch)
+        bad = torch.isnan(logits).all(1)
+        assert bad.tolist() == [i in (3, 11) for i in range(20)][:len(batch)] if len(batch) == 20 else bad.all()
+    with torch.inference_mode():
+        good = [i for i in range(20) if i not in (3, 11)]
+        assert (forward(x)[good] - model(x)[good]).abs().max() < 1e-4
+
+
+@needs_engine
+def test_large_inputs_stay_within_the_tolerance():
+    """fc1 sums 100,000 inputs at 256 px: still within 1e-4 of PyTorch."""
+    model = model_of("magnitude-0.5", 256)
+    assert_same_logits(model, engine.compile(model), images(4, 256))
 
 
 @needs_engine
@@ -130,10 +154,32 @@ def test_engine_rejects_wrong_input_in_one_line():
         pytest.skip(forward.reason)
     with pytest.raises(ValueError, match=r"expected a batch N x 3 x 32 x 32, got \(2, 3, 64, 64\)"):
         forward(images(2, 64))
-    with pytest.raises(ValueError, match="expected float32 images on the CPU, got torch.float64"):
+    with pytest.raises(ValueError, match="expected float32 images on cpu, got torch.float64"):
         forward(images(2, 32).double())
     with pytest.raises(build.BuildError, match="SPARSENET_ISA / isa = 'sse9': expected one of avx512, avx2"):
         build.choose_isa("sse9")
+
+
+def test_the_fallback_checks_input_the_same_way(monkeypatch, tmp_path):
+    monkeypatch.setenv("SPARSENET_CC", "no-such-cc")
+    build.compiler.cache_clear()
+    try:
+        forward = engine.compile(trained_like(32))
+    finally:
+        build.compiler.cache_clear()
+    assert forward.engine == "pytorch"
+    with pytest.raises(ValueError, match=r"expected a batch N x 3 x 32 x 32, got \(2, 3, 64, 64\)"):
+        forward(images(2, 64))
+
+
+@needs_engine
+def test_an_unwritable_cache_falls_back_with_one_line(monkeypatch, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("SPARSENET_CACHE", str(blocker))
+    forward = engine.compile(trained_like(32))
+    assert forward.engine == "pytorch" and "cannot write the engine cache" in forward.reason
+    assert "SPARSENET_CACHE" in forward.reason and "\n" not in forward.reason
 
 
 RUN = textwrap.dedent("""
@@ -143,7 +189,7 @@ RUN = textwrap.dedent("""
     torch.manual_seed(0)
     model = LeNet(10, 32)
     forward = engine.compile(model)
-    engine.compile(model)  # a second model: the notice is not repeated
+    engine.compile(LeNet(10, 32))  # a second model: the notice is not repeated
     x = torch.randn(8, 3, 32, 32)
     with torch.inference_mode():
         torch.save({"engine": forward.engine, "logits": forward(x), "expected": model(x)}, sys.argv[1])
@@ -180,7 +226,7 @@ def test_concurrent_builders_share_one_whole_library(tmp_path):
         assert (result["logits"] - result["expected"]).abs().max() < 1e-4
     assert torch.equal(results[0]["logits"], results[1]["logits"])
     cache = tmp_path / "cache" / "engine"
-    assert len(list(cache.glob("*.so"))) == 1
+    assert len(list(cache.glob("*.so"))) == 2  # each worker built the same two models' libraries
     assert not [p for p in cache.iterdir() if p.name.startswith(".")], "temporary files left behind"
 
 

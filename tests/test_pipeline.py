@@ -145,7 +145,8 @@ def test_repro_runs_every_stage_and_writes_metrics(project):
     assert all(rate > 0 for rate in speed["images_per_second"].values())
     assert speed["engine"] in ("avx512", "avx2", "pytorch") and speed["speedup"]["sparse_engine_vs_dense_eager"] > 0
     assert speed["batch1_latency_ms"]["sparse_engine"]["p50"] <= speed["batch1_latency_ms"]["sparse_engine"]["p99"]
-    assert speed["engine_prediction_agreement"] == {"dense": 1.0, "sparse": 1.0, "compact": 1.0}
+    assert set(speed["engine_prediction_agreement"]) == {"dense", "sparse", "compact"}
+    assert min(speed["engine_prediction_agreement"].values()) >= 0.9995
     assert max(speed["engine_max_abs_logit_difference"].values()) < 1e-4
 
 

@@ -120,15 +120,17 @@ class CompiledModel:
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"expected a batch N x {self.in_channels} x {self.image_size} x {self.image_size}, "
                              f"got {shape}")
-        if x.dtype != torch.float32 or x.device.type != "cpu":
-            raise ValueError(f"expected float32 images on the CPU, got {x.dtype} on {x.device}")
+        device = next(self.model.parameters()).device if self._library is None else torch.device("cpu")
+        if x.dtype != torch.float32 or x.device != device:
+            raise ValueError(f"expected float32 images on {device}, got {x.dtype} on {x.device}")
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """The logits (N x classes) of a normalised float32 batch."""
+        """The logits (N x classes) of a normalised float32 batch; NaN logits for an image holding
+        a NaN or an infinity."""
+        self._check(x)
         if self._library is None:
             with torch.no_grad():
                 return self.model(x)
-        self._check(x)
         return self._run(x, None)
 
     def _run(self, x: torch.Tensor, seconds: np.ndarray | None) -> torch.Tensor:

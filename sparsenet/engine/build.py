@@ -8,7 +8,8 @@ file and the last rename wins; a reader never sees a torn one.
 
     SPARSENET_CACHE   the cache folder (default $XDG_CACHE_HOME/sparsenet, else ~/.cache/sparsenet)
     SPARSENET_CC      the C compiler (default $CC, else gcc, else cc)
-    SPARSENET_ISA     avx512 | avx2: the vector extension to compile for (default: the best the CPU has)
+    SPARSENET_ISA     avx512 | avx2: the vector extension to compile for (default, or when the CPU
+                      lacks the one asked for: the best the CPU has)
 """
 
 from __future__ import annotations
@@ -22,12 +23,15 @@ from functools import lru_cache
 from pathlib import Path
 
 from sparsenet.engine.codegen import GENERATOR_VERSION, ISAS
+from sparsenet.errors import SparseNetError
 from sparsenet.io import atomic_path, write_text
 
-# CPU flags each vector extension needs (Linux /proc/cpuinfo names), and the compiler target.
+# CPU flags each vector extension needs (Linux /proc/cpuinfo names), and exactly the compiler
+# options that enable them (no -march: it would also allow instructions the check never saw).
 ISA_FLAGS = {
-    "avx512": ({"avx512f", "avx512dq", "avx512bw", "avx512vl", "avx512cd", "avx2", "fma"}, "x86-64-v4"),
-    "avx2": ({"avx2", "fma", "bmi1", "bmi2"}, "x86-64-v3"),
+    "avx512": ({"avx512f", "avx512dq", "avx512bw", "avx512vl", "avx2", "fma"},
+               ("-mavx512f", "-mavx512dq", "-mavx512bw", "-mavx512vl", "-mavx2", "-mfma")),
+    "avx2": ({"avx2", "fma"}, ("-mavx2", "-mfma")),
 }
 COMPILE_FLAGS = ("-O3", "-fopenmp", "-fPIC", "-shared", "-mprefer-vector-width=512")
 
@@ -51,17 +55,18 @@ def cpu_flags() -> frozenset[str]:
 
 def choose_isa(requested: str | None = None) -> str:
     """The vector extension to compile for: ``requested`` (or $SPARSENET_ISA) if the CPU has it,
-    else the best one it has."""
+    else the best one it has (AVX-512 before AVX2)."""
     requested = requested or os.environ.get("SPARSENET_ISA") or None
     if requested is not None and requested not in ISAS:
         raise BuildError(f"SPARSENET_ISA / isa = {requested!r}: expected one of {', '.join(ISAS)}")
     if platform.machine().lower() not in ("x86_64", "amd64"):
         raise BuildError(f"the engine needs an x86-64 CPU with AVX2 (this one is {platform.machine()})")
     flags = cpu_flags()
-    for name in ([requested] if requested else list(ISAS)):
+    names = list(ISAS)
+    for name in names[names.index(requested):] if requested else names:
         if ISA_FLAGS[name][0] <= flags:
             return name
-    raise BuildError(f"this CPU lacks {requested or 'AVX2 and FMA'}" + ("" if flags else " (no /proc/cpuinfo)"))
+    raise BuildError("this CPU lacks AVX2 and FMA" + ("" if flags else " (no /proc/cpuinfo)"))
 
 
 @lru_cache(maxsize=None)
@@ -93,21 +98,27 @@ def cache_dir() -> Path:
 def library(source: str, isa: str) -> Path:
     """The shared library compiled from ``source`` for ``isa``: from the cache, else built now."""
     path, version = compiler()
-    flags = [*COMPILE_FLAGS, f"-march={ISA_FLAGS[isa][1]}"]
+    flags = [*COMPILE_FLAGS, *ISA_FLAGS[isa][1]]
     key = hashlib.sha256("\0".join([str(GENERATOR_VERSION), isa, path, version, " ".join(flags),
                                     " ".join(sorted(cpu_flags())), source]).encode()).hexdigest()[:32]
     target = cache_dir() / f"{key}.so"
     if target.is_file():
         return target
     c_file = cache_dir() / f"{key}.c"
-    write_text(c_file, source)  # kept beside the library: what was compiled, for anyone who asks
-    with atomic_path(target) as tmp:
-        try:
-            result = subprocess.run([path, *flags, "-o", str(tmp), str(c_file)], capture_output=True, text=True,
-                                    timeout=600)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise BuildError(f"{path} failed to run: {exc}") from None
-        if result.returncode != 0:
-            first = next((line for line in result.stderr.splitlines() if "error" in line), result.stderr.strip()[:200])
-            raise BuildError(f"{path} could not compile {c_file}: {first}")
+    try:
+        write_text(c_file, source)  # kept beside the library: what was compiled, for anyone who asks
+        with atomic_path(target) as tmp:
+            try:
+                result = subprocess.run([path, *flags, "-o", str(tmp), str(c_file)], capture_output=True, text=True,
+                                        timeout=600)
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                raise BuildError(f"{path} failed to run: {exc}") from None
+            if result.returncode != 0:
+                lines = result.stderr.splitlines()
+                first = next((line for line in lines if "error" in line), lines[0] if lines else "")
+                raise BuildError(f"{path} could not compile the generated source in {cache_dir()}: "
+                                 f"{first[:200] or f'exit code {result.returncode}'}")
+    except (OSError, SparseNetError) as exc:
+        raise BuildError(f"{cache_dir()}: cannot write the engine cache ({exc}); set SPARSENET_CACHE to a "
+                         "writable folder") from None
     return target

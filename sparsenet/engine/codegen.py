@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-GENERATOR_VERSION = 1  # bump when the generated code changes: it is part of the cache key
+GENERATOR_VERSION = 2  # bump when the generated code changes: it is part of the cache key
 KERNEL = 5
 
 @dataclass(frozen=True)
@@ -232,7 +232,7 @@ def generate(conv_weights: list[np.ndarray], conv_biases: list[np.ndarray], imag
         "LANES": lanes,
     }
     parts = [f"/* SparseNet engine, generator version {GENERATOR_VERSION}: {isa.name}, {image_size}x{image_size} input */",
-             "#include <immintrin.h>", "#include <stdlib.h>", "#include <string.h>", "#include <omp.h>", "",
+             "#include <immintrin.h>", "#include <pthread.h>", "#include <stdlib.h>", "#include <string.h>", "#include <omp.h>", "",
              isa.header, "\n".join(f"#define {key} {value}" for key, value in sizes.items()), ""]
     for index, (layer, weight, bias) in enumerate(zip((first, second), conv_weights, conv_biases), start=1):
         parts.append(_conv_layer(index, layer, weight, bias))
@@ -248,12 +248,21 @@ RUNTIME_C = r"""
 
 typedef struct { float *in, *h1, *h2, *feat, *fc1, *fc2, *fc3; } scratch_t;
 
-/* Per-thread buffers, zeroed once and kept: padding lanes then always hold finite values. */
+static pthread_key_t scratch_key;
+static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
+static void make_scratch_key(void) { pthread_key_create(&scratch_key, free); }
+
+/* Per-thread buffers, zeroed once and kept (padding lanes then always hold finite values);
+   freed when the thread ends. */
 static scratch_t thread_scratch(void) {
   static __thread float *buffer;
   if (!buffer) {
+    pthread_once(&scratch_once, make_scratch_key);
     buffer = aligned_alloc(64, ((SCRATCH_FLOATS * sizeof(float) + 63) / 64) * 64);
-    if (buffer) memset(buffer, 0, SCRATCH_FLOATS * sizeof(float));
+    if (buffer) {
+      memset(buffer, 0, SCRATCH_FLOATS * sizeof(float));
+      pthread_setspecific(scratch_key, buffer);
+    }
   }
   scratch_t s = {0};
   if (!buffer) return s;
@@ -262,23 +271,34 @@ static scratch_t thread_scratch(void) {
   return s;
 }
 
-static void copy_image(const float *x, long sc, long sy, long sx, float *in) {
+/* Copies one image into the padded buffer; returns 1 if it holds a NaN or an infinity (the
+   vector max and ReLU would drop a NaN where PyTorch propagates it: such an image gets NaN
+   logits instead). */
+static int copy_image(const float *x, long sc, long sy, long sx, float *in) {
+  int bad = 0;
   if (sc == 1 && sx == CHANNELS) {  /* channels last: one pass over each row, channels split */
     for (int y = 0; y < SIDE; y++) {
       const float *src = x + y * sy;
       float *dst = in + y * IN_STRIDE;
       for (int i = 0; i < SIDE; i++)
-        for (int c = 0; c < CHANNELS; c++) dst[c * IN_PLANE + i] = src[i * CHANNELS + c];
+        for (int c = 0; c < CHANNELS; c++) {
+          float v = src[i * CHANNELS + c];
+          dst[c * IN_PLANE + i] = v;
+          bad |= (v - v) != 0.0f;
+        }
     }
-    return;
+    return bad;
   }
   for (int c = 0; c < CHANNELS; c++)
     for (int y = 0; y < SIDE; y++) {
       const float *src = x + c * sc + y * sy;
       float *dst = in + c * IN_PLANE + y * IN_STRIDE;
-      if (sx == 1) memcpy(dst, src, SIDE * sizeof(float));
-      else for (int i = 0; i < SIDE; i++) dst[i] = src[i * sx];
+      if (sx == 1)
+        for (int i = 0; i < SIDE; i++) { float v = src[i]; dst[i] = v; bad |= (v - v) != 0.0f; }
+      else
+        for (int i = 0; i < SIDE; i++) { float v = src[i * sx]; dst[i] = v; bad |= (v - v) != 0.0f; }
     }
+  return bad;
 }
 
 /* conv2's pooled rows of filters [f0, f1) → the block's features, lane ``lane``. */
@@ -295,23 +315,29 @@ typedef struct { const int *ptr, *idx; const float *val, *bias; } csr_t;
    four accumulators, so the multiply-adds do not wait on each other. */
 static void fc(csr_t w, const float *restrict in, float *restrict out, int o0, int o1, int step, int relu) {
   for (int o = o0; o < o1; o += step) {
-    vf acc0 = SET1(w.bias[o]), acc1 = ZERO(), acc2 = ZERO(), acc3 = ZERO();
-    int k = w.ptr[o], end = w.ptr[o + 1];
-    for (; k + 4 <= end; k += 4) {
-      acc0 = FMA(SET1(w.val[k]), LOAD(in + (long)w.idx[k] * LANES), acc0);
-      acc1 = FMA(SET1(w.val[k + 1]), LOAD(in + (long)w.idx[k + 1] * LANES), acc1);
-      acc2 = FMA(SET1(w.val[k + 2]), LOAD(in + (long)w.idx[k + 2] * LANES), acc2);
-      acc3 = FMA(SET1(w.val[k + 3]), LOAD(in + (long)w.idx[k + 3] * LANES), acc3);
+    vf acc = SET1(w.bias[o]);
+    /* chunks of 1024 terms summed apart, then added up: the rounding error of a long sum (fc1
+       reads 250,000 inputs at 512 px) stays that of a short one */
+    for (int chunk = w.ptr[o], end = w.ptr[o + 1]; chunk < end; chunk += 1024) {
+      vf acc0 = ZERO(), acc1 = ZERO(), acc2 = ZERO(), acc3 = ZERO();
+      int k = chunk, stop = end - chunk < 1024 ? end : chunk + 1024;
+      for (; k + 4 <= stop; k += 4) {
+        acc0 = FMA(SET1(w.val[k]), LOAD(in + (long)w.idx[k] * LANES), acc0);
+        acc1 = FMA(SET1(w.val[k + 1]), LOAD(in + (long)w.idx[k + 1] * LANES), acc1);
+        acc2 = FMA(SET1(w.val[k + 2]), LOAD(in + (long)w.idx[k + 2] * LANES), acc2);
+        acc3 = FMA(SET1(w.val[k + 3]), LOAD(in + (long)w.idx[k + 3] * LANES), acc3);
+      }
+      for (; k < stop; k++) acc0 = FMA(SET1(w.val[k]), LOAD(in + (long)w.idx[k] * LANES), acc0);
+      acc = ADD(acc, ADD(ADD(acc0, acc1), ADD(acc2, acc3)));
     }
-    for (; k < end; k++) acc0 = FMA(SET1(w.val[k]), LOAD(in + (long)w.idx[k] * LANES), acc0);
-    vf acc = ADD(ADD(acc0, acc1), ADD(acc2, acc3));
     STORE(out + (long)o * LANES, relu ? MAX(acc, ZERO()) : acc);
   }
 }
 
-static void write_logits(const float *fc3, float *logits, long first, long count) {
+static void write_logits(const float *fc3, float *logits, long first, long count, const char *bad) {
   for (long lane = 0; lane < count; lane++)
-    for (int o = 0; o < CLASSES; o++) logits[(first + lane) * CLASSES + o] = fc3[o * LANES + lane];
+    for (int o = 0; o < CLASSES; o++)
+      logits[(first + lane) * CLASSES + o] = bad[lane] ? __builtin_nanf("") : fc3[o * LANES + lane];
 }
 
 /* Adds the seconds since *clock to seconds[stage] (when timing) and restarts the clock. */
@@ -327,8 +353,9 @@ static void lap(double *seconds, int stage, double *clock) {
 static void run_block(scratch_t s, const float *x, long first, long count, long sn, long sc, long sy, long sx,
                       const csr_t *fcw, float *logits, double *seconds) {
   double clock = seconds ? omp_get_wtime() : 0;
+  char bad[LANES];
   for (long lane = 0; lane < count; lane++) {
-    copy_image(x + (first + lane) * sn, sc, sy, sx, s.in);
+    bad[lane] = (char)copy_image(x + (first + lane) * sn, sc, sy, sx, s.in);
     lap(seconds, 0, &clock);
     conv1(s.in, s.h1, 0, 1);
     lap(seconds, 1, &clock);
@@ -341,7 +368,7 @@ static void run_block(scratch_t s, const float *x, long first, long count, long 
   fc(fcw[1], s.fc1, s.fc2, 0, F2, 1, 1);
   lap(seconds, 4, &clock);
   fc(fcw[2], s.fc2, s.fc3, 0, CLASSES, 1, 0);
-  write_logits(s.fc3, logits, first, count);
+  write_logits(s.fc3, logits, first, count, bad);
   lap(seconds, 5, &clock);
 }
 
@@ -380,13 +407,14 @@ int sparsenet_forward(const float *x, long n, long sn, long sc, long sy, long sx
   if (!s.in) return -1;
   for (long b = 0; b < blocks; b++) {
     long first = b * LANES, count = n - first < LANES ? n - first : LANES;
+    char bad[LANES];
     #pragma omp parallel num_threads(threads)
     {
       int t = omp_get_thread_num(), step = omp_get_num_threads();
       double *timing = t == 0 ? seconds : NULL, clock = timing ? omp_get_wtime() : 0;
       for (long lane = 0; lane < count; lane++) {
         #pragma omp single
-        copy_image(x + (first + lane) * sn, sc, sy, sx, s.in);
+        bad[lane] = (char)copy_image(x + (first + lane) * sn, sc, sy, sx, s.in);
         lap(timing, 0, &clock);
         conv1(s.in, s.h1, t, step);
         #pragma omp barrier
@@ -406,7 +434,7 @@ int sparsenet_forward(const float *x, long n, long sn, long sc, long sy, long sx
       fc(fcw[2], s.fc2, s.fc3, t, CLASSES, step, 0);
       #pragma omp barrier
       #pragma omp single
-      write_logits(s.fc3, logits, first, count);
+      write_logits(s.fc3, logits, first, count, bad);
       lap(timing, 5, &clock);
     }
   }

@@ -28,7 +28,6 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
-from sparsenet import engine
 from sparsenet.analysis import model_cost
 from sparsenet.checkpoints import load_model
 from sparsenet.compact import compact
@@ -39,7 +38,7 @@ from sparsenet.models import LeNet, SparseNet, default_device, enforce_masks_aft
 from sparsenet.options import LAYER_NAMES
 from sparsenet.pruning import prune_model
 from sparsenet.pipeline.stage import keep_freed_memory
-from sparsenet.speed import batch_input, images_per_second, latency_ms
+from sparsenet.speed import LATENCY_CONTENDERS, batch_input, eager_and_engine, images_per_second, latency_ms, speedups
 
 INFERENCE_BATCH = 256
 
@@ -189,12 +188,10 @@ def inference(classes: int, size: int, repeats: int, models: Path) -> dict:
     prune_model(filters, "structured", 0.5, "filters")
     small = compact(filters)
     eager = {"dense": dense, "sparse": sparse, "compact": small}
-    compiled = {name: engine.compile(model) for name, model in eager.items()}
-    contenders = {**{f"{n}_eager": m for n, m in eager.items()}, **{f"{n}_engine": c for n, c in compiled.items()}}
+    compiled, contenders = eager_and_engine(eager)
     x = batch_input(INFERENCE_BATCH, size)
     rates = images_per_second(contenders, x, repeats=repeats * 6)
-    latency = latency_ms({k: contenders[k] for k in ("dense_eager", "sparse_eager", "dense_engine", "sparse_engine")},
-                         x[:1],
+    latency = latency_ms({k: contenders[k] for k in LATENCY_CONTENDERS}, x[:1],
                          repeats=repeats * 40)
     layers = layer_milliseconds(eager, size, INFERENCE_BATCH, repeats * 4)
     for name, forward in compiled.items():
@@ -206,11 +203,7 @@ def inference(classes: int, size: int, repeats: int, models: Path) -> dict:
     return {"models": origin, "engine": compiled["dense"].engine, "compact_widths": list(small.widths),
             "compact_macs_fraction": model_cost(small, size).macs / model_cost(dense, size).macs,
             "images_per_second": rates,
-            "speedup": {"sparse_engine_vs_dense_eager": rates["sparse_engine"] / rates["dense_eager"],
-                        "sparse_engine_vs_dense_engine": rates["sparse_engine"] / rates["dense_engine"],
-                        "compact_engine_vs_dense_engine": rates["compact_engine"] / rates["dense_engine"],
-                        "compact_engine_vs_dense_eager": rates["compact_engine"] / rates["dense_eager"],
-                        "compact_eager_vs_dense_eager": rates["compact_eager"] / rates["dense_eager"]},
+            "speedup": speedups(rates),
             "batch1_latency_ms": latency,
             "batch1_p50_latency_ratio_sparse_engine_vs_dense_eager":  # lower is faster
                 latency["sparse_engine"]["p50"] / latency["dense_eager"]["p50"],

@@ -12,8 +12,29 @@ import time
 from typing import Callable
 
 import torch
+from torch import nn
+
+from sparsenet import engine
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
+
+# The ratios reported at batch 256, each named "<faster>_vs_<reference>", and the contenders timed
+# at batch 1.
+SPEEDUPS = (("sparse_engine", "dense_eager"), ("sparse_engine", "dense_engine"), ("compact_engine", "dense_engine"),
+            ("compact_engine", "dense_eager"), ("compact_eager", "dense_eager"), ("dense_engine", "dense_eager"))
+LATENCY_CONTENDERS = ("dense_eager", "sparse_eager", "dense_engine", "sparse_engine")
+
+
+def eager_and_engine(models: dict[str, nn.Module]) -> tuple[dict[str, engine.CompiledModel], dict[str, Forward]]:
+    """Each model compiled on the engine, and the contenders ``<name>_eager`` / ``<name>_engine``."""
+    compiled = {name: engine.compile(model) for name, model in models.items()}
+    return compiled, {**{f"{name}_eager": model for name, model in models.items()},
+                      **{f"{name}_engine": forward for name, forward in compiled.items()}}
+
+
+def speedups(rates: dict[str, float]) -> dict[str, float]:
+    """The :data:`SPEEDUPS` ratios of measured images/s."""
+    return {f"{a}_vs_{b}": rates[a] / rates[b] for a, b in SPEEDUPS}
 
 
 def _timed_turns(contenders: dict[str, Forward], x: torch.Tensor, repeats: int, warmup: int) -> dict[str, list[float]]:

@@ -58,19 +58,17 @@ def effective_weights(model: LeNet) -> list[tuple[np.ndarray, np.ndarray]]:
 def _csr(layers: list[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
     """The fully connected layers as one set of CSR arrays: row pointers, column indices, values,
     biases, and each layer's four offsets into them."""
-    pointers, indices, values, biases, offsets = [], [], [], [], []
-    sizes = [0, 0, 0, 0]
+    parts: list[list[np.ndarray]] = [[], [], [], []]  # pointers, indices, values, biases
+    offsets = []
     for weight, bias in layers:
-        rows = [np.flatnonzero(row) for row in weight]
-        pointer = np.concatenate([[0], np.cumsum([len(r) for r in rows])]).astype(np.int32)
-        index = np.concatenate(rows).astype(np.int32) if rows else np.zeros(0, np.int32)
-        value = weight[np.repeat(np.arange(len(rows)), [len(r) for r in rows]), index].astype(np.float32)
-        offsets += sizes
-        for i, array in enumerate((pointer, index, value, bias.astype(np.float32))):
-            (pointers, indices, values, biases)[i].append(array)
-            sizes[i] += len(array)
-    arrays = [np.ascontiguousarray(np.concatenate(parts)) for parts in (pointers, indices, values, biases)]
-    return [*arrays, np.array(offsets, dtype=np.int64)]
+        rows, columns = np.nonzero(weight)  # row-major order: each row's columns ascending
+        pointer = np.searchsorted(rows, np.arange(weight.shape[0] + 1)).astype(np.int32)
+        offsets += [sum(len(a) for a in arrays) for arrays in parts]
+        for arrays, array in zip(parts, (pointer, columns.astype(np.int32), weight[rows, columns], bias)):
+            arrays.append(array)
+    dtypes = (np.int32, np.int32, np.float32, np.float32)
+    return [*(np.ascontiguousarray(np.concatenate(a), dtype=t) for a, t in zip(parts, dtypes)),
+            np.array(offsets, dtype=np.int64)]
 
 
 class CompiledModel:

@@ -128,8 +128,9 @@ def _float(value: float) -> str:
     return float(np.float32(value)).hex() + "f"
 
 
-def _conv_group(name: str, layer: ConvPlan, weights: np.ndarray, table: list[str]) -> str:
-    """One pass of one pooled row for a group of filters, written out weight by weight.
+def _conv_group(name: str, layer: ConvPlan, weights: np.ndarray, biases: np.ndarray, table: list[str]) -> str:
+    """One pass of one pooled row for a group of filters, written out weight by weight, then
+    pooled, biased, ReLU'd and stored.
 
     Only the non-zero weights appear, each as a fused multiply-add over the pass's vectors; their
     values go to ``table`` and are read as 4-byte broadcasts (as full-vector constants they would
@@ -164,7 +165,14 @@ def _conv_group(name: str, layer: ConvPlan, weights: np.ndarray, table: list[str
                                             for i, (f, dy, _) in enumerate(uses)) + " }")
                 lines.append("  }")
     out_plane = layer.pooled_side * layer.out_stride
-    return "\n".join(lines), out_plane
+    for f in filters:
+        lines.append(f"  {{ const vf b = SET1(w[{len(table) - base}]);")
+        table.append(_float(biases[f]))
+        for k in range(0, per_pass, 2):
+            pooled = f"pool2(MAX(a{f}_0_{k}, a{f}_1_{k}), MAX(a{f}_0_{k + 1}, a{f}_1_{k + 1}))"
+            lines.append(f"    STORE(out + {f * out_plane + k * lanes // 2}, MAX(ZERO(), ADD({pooled}, b)));")
+        lines.append("  }")
+    return "\n".join([*lines, "}", ""])
 
 
 def _conv_layer(index: int, layer: ConvPlan, weight: np.ndarray, bias: np.ndarray) -> str:
@@ -178,16 +186,8 @@ def _conv_layer(index: int, layer: ConvPlan, weight: np.ndarray, bias: np.ndarra
     parts, offsets = [], []
     for g, start in enumerate(starts):
         offsets.append(len(table))
-        body, _ = _conv_group(f"conv{index}_g{g}", layer, weight[start:start + layer.group], table)
-        stores = []
-        for f in range(min(layer.group, layer.filters - start)):
-            stores.append(f"  {{ const vf b = SET1(w[{len(table) - offsets[-1]}]);")
-            table.append(_float(bias[start + f]))
-            for k in range(0, per_pass, 2):
-                pooled = f"pool2(MAX(a{f}_0_{k}, a{f}_1_{k}), MAX(a{f}_0_{k + 1}, a{f}_1_{k + 1}))"
-                stores.append(f"    STORE(out + {f * out_plane + k * lanes // 2}, MAX(ZERO(), ADD({pooled}, b)));")
-            stores.append("  }")
-        parts.append("\n".join([body, *stores, "}", ""]))
+        group = slice(start, start + layer.group)
+        parts.append(_conv_group(f"conv{index}_g{g}", layer, weight[group], bias[group], table))
     names = ", ".join(f"conv{index}_g{g}" for g in range(len(starts)))
     parts.append(f"""static const float conv{index}_table[{max(len(table), 1)}] = {{{", ".join(table) or "0"}}};
 static const int conv{index}_offsets[{len(starts)}] = {{{", ".join(map(str, offsets))}}};

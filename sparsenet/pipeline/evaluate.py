@@ -12,7 +12,7 @@ from sparsenet.io import write_json
 from sparsenet.models import default_device
 from sparsenet.pipeline.stage import Paths
 from sparsenet.pruning import pruned_layer_names
-from sparsenet.speed import batch_input, images_per_second, latency_ms
+from sparsenet.speed import LATENCY_CONTENDERS, batch_input, eager_and_engine, images_per_second, latency_ms, speedups
 from sparsenet.training import EVAL_BATCH_SIZE, evaluate as test_loss_and_accuracy
 
 SPEED_BATCH_SIZE = 256
@@ -35,30 +35,19 @@ def measure_speed(models: dict[str, torch.nn.Module], test: BatchLoader, size: i
     """``metrics/speed.json``: images/s at batch 256 of each model in eager PyTorch and on the
     engine, batch-1 latency, the speed-ups (each named by what it compares), and how closely the
     engine reproduces each model on the test set."""
-    compiled = {name: engine.compile(models[name]) for name in TIMED}
+    compiled, contenders = eager_and_engine({name: models[name] for name in TIMED})
     device = next(models["dense"].parameters()).device
     x = batch_input(SPEED_BATCH_SIZE, size, in_channels, device)
-    contenders = {**{f"{name}_eager": models[name] for name in TIMED},
-                  **{f"{name}_engine": compiled[name] for name in TIMED}}
     rates = images_per_second(contenders, x)
-    latency = latency_ms({key: contenders[key] for key in ("dense_eager", "sparse_eager", "dense_engine",
-                                                            "sparse_engine")}, x[:1])
+    latency = latency_ms({key: contenders[key] for key in LATENCY_CONTENDERS}, x[:1])
     agreement = {name: engine_agreement(models[name], compiled[name], test) for name in TIMED}
-    ratio = lambda a, b: rates[a] / rates[b]  # noqa: E731
     return {
         "device": str(device), "threads": torch.get_num_threads(), "batch_size": SPEED_BATCH_SIZE,
         "engine": compiled["dense"].engine,
         "engines": {name: compiled[name].engine for name in TIMED},
         "engine_fallback_reasons": {name: compiled[name].reason for name in TIMED if compiled[name].reason},
         "images_per_second": rates,
-        "speedup": {
-            "sparse_engine_vs_dense_eager": ratio("sparse_engine", "dense_eager"),
-            "sparse_engine_vs_dense_engine": ratio("sparse_engine", "dense_engine"),
-            "compact_engine_vs_dense_engine": ratio("compact_engine", "dense_engine"),
-            "compact_engine_vs_dense_eager": ratio("compact_engine", "dense_eager"),
-            "compact_eager_vs_dense_eager": ratio("compact_eager", "dense_eager"),
-            "dense_engine_vs_dense_eager": ratio("dense_engine", "dense_eager"),
-        },
+        "speedup": speedups(rates),
         "batch1_latency_ms": latency,
         "batch1_p50_latency_ratio": {  # lower is faster
             "sparse_engine_vs_dense_eager": latency["sparse_engine"]["p50"] / latency["dense_eager"]["p50"],

@@ -1,6 +1,6 @@
 """sparsenet: the pipeline's steps, checkpoint inspection and the tools.
 
-    sparsenet prepare | train-dense | prune-train | train-control | evaluate | visualize
+    sparsenet prepare | train-dense | prune-train | train-control | compress | evaluate | visualize
     sparsenet inspect models/sparse.pt       # per-layer sparsity, sizes and cost of any checkpoint
     sparsenet summary                        # the current run's results
     sparsenet bench [--quick]                # benchmark ratios (python -m sparsenet.bench)
@@ -22,7 +22,7 @@ from sparsenet import analysis
 from sparsenet.checkpoints import lenet_from_state_dict, load_checkpoint, model_kind, unwrap
 from sparsenet.errors import SparseNetError, one_line_errors
 
-STEPS = ("prepare", "train_dense", "prune_train", "train_control", "evaluate", "visualize")
+STEPS = ("prepare", "train_dense", "prune_train", "train_control", "compress", "evaluate", "visualize")
 TOOLS = ("summary", "bench", "frontier")
 
 

@@ -70,11 +70,20 @@ class PruneConfig:
 
 
 @dataclass(frozen=True)
+class CompressConfig:
+    conv_bits: int = _default("compress.conv_bits")
+    fc_bits: int = _default("compress.fc_bits")
+    epochs: int = _default("compress.epochs")
+    lr: float = _default("compress.lr")
+
+
+@dataclass(frozen=True)
 class Config:
     seed: int = _default("seed")
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
+    compress: CompressConfig = field(default_factory=CompressConfig)
 
 
 def load_config(path: str | Path = "params.yaml") -> Config:

@@ -43,6 +43,7 @@ DEFAULTS: dict = {
         "lr": 0.001,
         "lr_schedule": "constant",
     },
+    "compress": {"conv_bits": 8, "fc_bits": 5, "epochs": 1, "lr": 0.0001},
 }
 
 # Inclusive ranges of the numeric keys, except where the bound is marked open.  The upper bounds
@@ -57,10 +58,14 @@ INT_RANGES: dict[str, tuple[int, int]] = {
     "train.batch_size": (1, 65536),
     "prune.epochs": (1, 1000),
     "prune.finetune_epochs": (0, 1000),
+    "compress.conv_bits": (1, 8),  # codes are stored one byte each before Huffman coding
+    "compress.fc_bits": (1, 8),
+    "compress.epochs": (0, 1000),
 }
 OPEN_FLOAT_RANGES: dict[str, tuple[float, float]] = {  # (low, high), both excluded
     "train.lr": (0.0, 1.0),
     "prune.lr": (0.0, 1.0),
+    "compress.lr": (0.0, 1.0),
 }
 HALF_OPEN_FLOAT_RANGES: dict[str, tuple[float, float]] = {  # [low, high)
     "prune.sparsity": (0.0, 1.0),

@@ -12,6 +12,7 @@ MODEL_ROWS = (
     ("control", "control: dense, same total epochs, no pruning (train_control)"),
     ("sparse", "pruned SparseNet (prune_train)"),
     ("compact", "compact: pruned structure removed (prune_train)"),
+    ("compressed", "compressed: shared weights, Huffman-coded (compress)"),
 )
 
 
@@ -32,7 +33,9 @@ def write_report(cfg: Config, metrics: dict, speed: dict, figures: list[Path], o
         f"Dense training {cfg.train.epochs} epochs (lr {cfg.train.lr:g}, {cfg.train.lr_schedule}); "
         f"prune training {p.epochs} pruning rounds ({p.schedule} schedule) + {p.finetune_epochs} fine-tuning "
         f"epoch(s) (lr {p.lr:g}, {p.lr_schedule}); rewind {p.rewind}; excluded layers: "
-        f"{', '.join(p.exclude) or 'none'}.",
+        f"{', '.join(p.exclude) or 'none'}. Compression: {cfg.compress.conv_bits}-bit conv and "
+        f"{cfg.compress.fc_bits}-bit fc codes, {cfg.compress.epochs} epoch(s) fine-tuning the shared values "
+        f"(lr {cfg.compress.lr:g}).",
         "",
         f"**Sparse test accuracy {sparse['accuracy']:.2%} at {sparse['sparsity']:.2%} sparsity** "
         f"(of the layers the target covers: {', '.join(sparse['pruned_layers'])}; "
@@ -46,6 +49,8 @@ def write_report(cfg: Config, metrics: dict, speed: dict, figures: list[Path], o
     ]
     rows = []
     for key, label in MODEL_ROWS:
+        if key not in metrics:  # written by an older release
+            continue
         m = metrics[key]
         rates = [speed.get("images_per_second", {}).get(f"{key}_{how}") for how in ("eager", "engine")]
         rows.append([label, f"{m['accuracy']:.2%}", f"{m['nonzero_params']:,} / {m['params']:,}",
@@ -54,6 +59,16 @@ def write_report(cfg: Config, metrics: dict, speed: dict, figures: list[Path], o
     lines += _table(["model", "test accuracy", "non-zero / all params", "MACs per image",
                      "MACs over non-zero weights", "checkpoint bytes", "img/s PyTorch",
                      f"img/s engine ({speed.get('engine', '?')})"], rows)
+    if "packed" in metrics and "compressed" in metrics:
+        packed, compressed = metrics["packed"], metrics["compressed"]
+        lines += ["", f"On disk: the pruned model's checkpoint keeps dense tensors and masks "
+                  f"({sparse['checkpoint_bytes']:,} bytes); `models/packed.pt` keeps only the kept weights and "
+                  f"their positions: **{packed['checkpoint_bytes']:,} bytes, "
+                  f"{packed['times_smaller_than_dense']:.1f}x smaller than the dense model's**, lossless "
+                  f"(restores the pruned model exactly: {'yes' if packed['restores_sparse'] else 'NO'}). "
+                  f"`models/compressed.pt`: **{compressed['checkpoint_bytes']:,} bytes, "
+                  f"{compressed['times_smaller_than_dense']:.1f}x smaller**, at "
+                  f"{-compressed['accuracy_drop_vs_sparse'] * 100:+.2f} points vs the pruned model."]
     up = speed.get("speedup")
     if isinstance(up, dict) and "batch1_p50_latency_ratio" in speed:
         on = "on the engine" if speed.get("engine") != "pytorch" else "on the engine's PyTorch fallback"

@@ -36,6 +36,12 @@ def main(argv: list[str] | None = None) -> None:
               + (f" ({all_layers:.2%} over all layers)" if all_layers is not None else ""))
         print(f"non-zero MACs per image: {sparse['nonzero_macs']:,} of {dense['macs']:,}; compact model "
               f"widths {small['widths']}, {small['macs']:,} MACs")
+        if "packed" in metrics and "compressed" in metrics:
+            packed, compressed = metrics["packed"], metrics["compressed"]
+            print(f"checkpoint bytes: dense {dense['checkpoint_bytes']:,}; packed {packed['checkpoint_bytes']:,} "
+                  f"({packed['times_smaller_than_dense']:.1f}x smaller, lossless); compressed "
+                  f"{compressed['checkpoint_bytes']:,} ({compressed['times_smaller_than_dense']:.1f}x smaller, "
+                  f"accuracy {compressed['accuracy']:.2%})")
         speed_path = Path("metrics/speed.json")
         if speed_path.is_file():
             speed = read_json(speed_path)

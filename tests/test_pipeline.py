@@ -89,7 +89,8 @@ def project(tmp_path_factory):
     repro = run(dvc("repro"), root, audited)
     run(["git", "add", "-A"], root, env)
     run(["git", "commit", "-qm", "baseline run"], root, env)
-    models = {name: (root / "models" / name).read_bytes() for name in ("dense.pt", "sparse.pt")}
+    models = {name: (root / "models" / name).read_bytes()
+              for name in ("dense.pt", "sparse.pt", "packed.pt", "compressed.pt")}
     return root, env, repro, models
 
 
@@ -111,7 +112,7 @@ def test_repro_again_is_a_no_op_and_the_summary_reads_the_results(project):
     stamps = [path.stat().st_mtime_ns for path in outputs]
     again = run(dvc("repro"), root, env)
     assert "Running stage" not in again.stdout
-    for stage in ("prepare", "train_dense", "prune_train", "train_control", "evaluate", "visualize"):
+    for stage in ("prepare", "train_dense", "prune_train", "train_control", "compress", "evaluate", "visualize"):
         # not "is cached - skipping run, checking out outputs": a run-cache restore is no no-op
         assert f"Stage '{stage}' didn't change, skipping" in again.stdout, stage
     assert "is cached" not in again.stdout
@@ -119,11 +120,13 @@ def test_repro_again_is_a_no_op_and_the_summary_reads_the_results(project):
     summary = run([sys.executable, "-m", "sparsenet.summary"], root, env).stdout
     assert "fc1 (sparsity = 0.80): 38400 weights are zero out of 48000" in summary
     assert "test accuracy: dense" in summary
+    packed = json.loads((root / "metrics" / "evaluate.json").read_text())["packed"]
+    assert f"packed {packed['checkpoint_bytes']:,} ({packed['times_smaller_than_dense']:.1f}x smaller" in summary
 
 
 def test_repro_runs_every_stage_and_writes_metrics(project):
     root, _, repro, _ = project
-    for stage in ("prepare", "train_dense", "prune_train", "train_control", "evaluate", "visualize"):
+    for stage in ("prepare", "train_dense", "prune_train", "train_control", "compress", "evaluate", "visualize"):
         assert f"Running stage '{stage}'" in repro.stdout
     metrics = json.loads((root / "metrics" / "evaluate.json").read_text())
     assert 0.25 < metrics["dense"]["accuracy"] <= 1.0
@@ -173,6 +176,35 @@ def test_repro_writes_checkpoints_logs_and_plots(project):
     assert not (root / ".sparsenet" / "resume").exists() or not any((root / ".sparsenet" / "resume").iterdir())
 
 
+def test_packed_and_compressed_checkpoints_decode_to_what_evaluate_records(project):
+    from sparsenet.checkpoints import load_model, load_packed
+    from sparsenet.data import BatchLoader, load_meta, load_split
+    from sparsenet.training import evaluate
+
+    root = project[0]
+    models = root / "models"
+    metrics = json.loads((root / "metrics" / "evaluate.json").read_text())
+    sparse = torch.load(models / "sparse.pt", weights_only=True)
+    restored = load_packed(models / "packed.pt")
+    assert list(restored) == list(sparse) and all(torch.equal(restored[k], v) for k, v in sparse.items())
+    assert metrics["packed"]["restores_sparse"] is True
+    sizes = {name: (models / f"{name}.pt").stat().st_size for name in ("dense", "sparse", "packed", "compressed")}
+    assert metrics["packed"]["checkpoint_bytes"] == sizes["packed"] < sizes["dense"] / 3
+    assert metrics["compressed"]["checkpoint_bytes"] == sizes["compressed"] < sizes["packed"] / 2
+    assert metrics["compressed"]["times_smaller_than_dense"] == sizes["dense"] / sizes["compressed"]
+    compressed = load_model(models / "compressed.pt", True, 32, 4)
+    for name, layer in compressed.sparse_layers():
+        assert torch.equal(layer.mask, sparse[f"{name}.mask"]), "compression keeps the masks"
+        bits = SMALL["compress"]["conv_bits" if name.startswith("conv") else "fc_bits"]
+        assert len(torch.unique(layer.weight[layer.mask])) <= 2 ** bits
+    meta = load_meta(root / "data" / "prepared")
+    test = BatchLoader(load_split(root / "data" / "prepared", "test"), 32, meta["mean"], meta["std"],
+                       torch.device("cpu"))
+    loss, accuracy = evaluate(compressed, test)
+    assert metrics["compressed"]["accuracy"] == accuracy and metrics["compressed"]["loss"] == pytest.approx(loss)
+    assert metrics["compressed"]["accuracy_drop_vs_sparse"] == metrics["sparse"]["accuracy"] - accuracy
+
+
 def test_report_ties_the_metrics_to_every_figure(project):
     root, _, _, _ = project
     report = (root / "plots" / "report.md").read_text()
@@ -181,6 +213,8 @@ def test_report_ties_the_metrics_to_every_figure(project):
     assert f"**Sparse test accuracy {metrics['sparse']['accuracy']:.2%}" in report
     assert f"| dense LeNet (train_dense) | {metrics['dense']['accuracy']:.2%} |" in report
     assert "| fc1 | 0.80 | 38,400 | 48,000 |" in report
+    assert f"`models/compressed.pt`: **{metrics['compressed']['checkpoint_bytes']:,} bytes" in report
+    assert f"| compressed: shared weights, Huffman-coded (compress) | {metrics['compressed']['accuracy']:.2%} |" in report
     for name in PLOTS:
         assert f"]({name})" in report and (root / "plots" / name).is_file()
 
@@ -195,6 +229,10 @@ def test_cli_runs_the_same_steps_and_inspects_checkpoints(project, tmp_path):
     assert "models/sparse.pt: SparseNet (masked), 4 classes, input 3x32x32, widths [6, 16, 120, 84]" in sparse
     assert "fc1 (sparsity = 0.80): 38400 weights are zero out of 48000" in sparse
     assert "overall sparsity 0.80" in sparse
+    for packed in ("models/packed.pt", "models/compressed.pt"):
+        out = run([cli, "inspect", packed], root, env).stdout
+        assert f"{packed}: SparseNet (masked), 4 classes, input 3x32x32" in out
+        assert "fc1 (sparsity = 0.80): 38400 weights are zero out of 48000" in out
     dense = run([cli, "inspect", "models/dense.pt", "models/compact.pt", "models/dense_history.pt"], root, env).stdout
     assert "models/dense.pt: LeNet (dense)" in dense and "fc1 (sparsity = 0.00): 0 weights are zero" in dense
     assert "models/dense_history.pt: dense weights at init, epoch1, epoch2" in dense
@@ -219,7 +257,7 @@ def test_exp_run_reruns_only_the_stages_that_read_prune_params(project):
     assert "Running stage 'prepare'" not in exp.stdout
     assert "Running stage 'train_dense'" not in exp.stdout
     assert "Running stage 'train_control'" not in exp.stdout
-    for stage in ("prune_train", "evaluate", "visualize"):
+    for stage in ("prune_train", "compress", "evaluate", "visualize"):
         assert f"Running stage '{stage}'" in exp.stdout
     diff = json.loads(run(dvc("metrics", "diff", "--all", "--json"), root, env).stdout)
     sparse_accuracy = diff["metrics/evaluate.json"]["sparse.accuracy"]
@@ -262,7 +300,7 @@ def test_same_params_and_seed_give_the_same_metrics(project, tmp_path):
     first = json.loads(run(["git", "show", "HEAD:metrics/evaluate.json"], root, env).stdout)
     second = json.loads((tmp_path / "metrics" / "evaluate.json").read_text())
     assert first == second
-    for model in ("dense.pt", "sparse.pt"):  # byte-identical, so DVC sees the same hash
+    for model in ("dense.pt", "sparse.pt", "packed.pt", "compressed.pt"):  # byte-identical: DVC sees the same hash
         assert baseline_models[model] == (tmp_path / "models" / model).read_bytes(), model
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from sparsenet import analysis, engine
-from sparsenet.checkpoints import load_model
+from sparsenet.checkpoints import load_checkpoint, load_model, load_packed
 from sparsenet.config import Config
 from sparsenet.data import BatchLoader, load_meta, load_split
 from sparsenet.io import write_json
@@ -58,8 +58,18 @@ def measure_speed(models: dict[str, torch.nn.Module], test: BatchLoader, size: i
     }
 
 
+def packed_metrics(paths: Paths, dense_bytes: int) -> dict:
+    """Size of ``models/packed.pt`` and whether it restores ``models/sparse.pt`` tensor for tensor."""
+    restored, saved = load_packed(paths.packed_model), load_checkpoint(paths.sparse_model)
+    lossless = list(restored) == list(saved) and all(
+        restored[key].dtype == saved[key].dtype and torch.equal(restored[key], saved[key]) for key in saved)
+    size = paths.packed_model.stat().st_size
+    return {"checkpoint_bytes": size, "times_smaller_than_dense": dense_bytes / size, "restores_sparse": lossless}
+
+
 def evaluate(cfg: Config, paths: Paths = Paths()) -> dict:
-    """Accuracy, sparsity and cost of the dense, sparse, compact and control models; speed.
+    """Accuracy, sparsity, cost and size of the dense, sparse, compact, control and compressed
+    models, and of the packed checkpoint; speed.
 
     ``metrics/evaluate.json`` is deterministic (same params + seed → same file); measured
     timings go to ``metrics/speed.json``.  ``sparse.sparsity`` is the pruned fraction of the
@@ -77,8 +87,11 @@ def evaluate(cfg: Config, paths: Paths = Paths()) -> dict:
         "compact": (paths.compact_model, load_model(paths.compact_model, False, size, classes)),
     }
     metrics: dict = {}
-    control = load_model(paths.control_model, False, size, classes)
-    for name, (path, model) in [*models.items(), ("control", (paths.control_model, control))]:
+    untimed = {
+        "control": (paths.control_model, load_model(paths.control_model, False, size, classes)),
+        "compressed": (paths.compressed_model, load_model(paths.compressed_model, True, size, classes)),
+    }
+    for name, (path, model) in [*models.items(), *untimed.items()]:
         loss, accuracy = test_loss_and_accuracy(model, test)
         cost = analysis.model_cost(model, size)
         metrics[name] = {"accuracy": accuracy, "loss": loss, "params": cost.params,
@@ -101,12 +114,24 @@ def evaluate(cfg: Config, paths: Paths = Paths()) -> dict:
                    for layer in layers},
     })
     metrics["compact"]["widths"] = list(models["compact"][1].widths)
+    dense_bytes = metrics["dense"]["checkpoint_bytes"]
+    metrics["packed"] = packed_metrics(paths, dense_bytes)
+    metrics["compressed"].update({
+        "times_smaller_than_dense": dense_bytes / metrics["compressed"]["checkpoint_bytes"],
+        "accuracy_drop_vs_sparse": metrics["sparse"]["accuracy"] - metrics["compressed"]["accuracy"],
+    })
     write_json(paths.metrics, metrics)
     write_json(paths.speed, speed)
     print(f"dense accuracy {metrics['dense']['accuracy']:.4f} | control (dense, same epochs) "
           f"{metrics['control']['accuracy']:.4f} | sparse accuracy {metrics['sparse']['accuracy']:.4f} "
           f"at sparsity {metrics['sparse']['sparsity']:.4f} over {', '.join(covered)} "
           f"({metrics['sparse']['sparsity_all_layers']:.4f} over all layers) -> {paths.metrics}")
+    packed, compressed = metrics["packed"], metrics["compressed"]
+    print(f"checkpoint bytes: dense {dense_bytes:,} | sparse (masked) {metrics['sparse']['checkpoint_bytes']:,} | "
+          f"packed {packed['checkpoint_bytes']:,} ({packed['times_smaller_than_dense']:.1f}x smaller than dense; "
+          f"restores the sparse model exactly: {packed['restores_sparse']}) | compressed "
+          f"{compressed['checkpoint_bytes']:,} ({compressed['times_smaller_than_dense']:.1f}x smaller, accuracy "
+          f"{compressed['accuracy']:.4f}, {-compressed['accuracy_drop_vs_sparse'] * 100:+.2f} points vs sparse)")
     up = speed["speedup"]
     print(f"inference at batch {SPEED_BATCH_SIZE} on {speed['device']} ({speed['engine']} engine): sparse "
           f"{up['sparse_engine_vs_dense_eager']:.2f}x dense PyTorch, {up['sparse_engine_vs_dense_engine']:.2f}x dense on "

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from sparsenet.analysis import layer_sparsity, overall_sparsity
-from sparsenet.checkpoints import (compact_checkpoint, load_checkpoint, load_model, plain_state, rewind_state,
-                                   save_checkpoint)
+from sparsenet.checkpoints import (compact_checkpoint, load_checkpoint, load_model, packed_checkpoint, plain_state,
+                                   rewind_state, save_checkpoint)
 from sparsenet.compact import compact
 from sparsenet.config import Config
 from sparsenet.models import SparseNet
@@ -17,7 +17,7 @@ from sparsenet.training import evaluate, fit
 
 
 def prune_train(cfg: Config, paths: Paths = Paths()) -> list[dict]:
-    """Train, then prune on schedule, after every epoch → ``models/sparse.pt`` and ``compact.pt``.
+    """Train, then prune on schedule, after every epoch → ``models/sparse.pt``, ``packed.pt``, ``compact.pt``.
 
     Each of the ``prune.epochs`` rounds trains one epoch, records the test accuracy, prunes to
     the round's scheduled sparsity and records the test accuracy again.  With ``prune.rewind``
@@ -27,6 +27,9 @@ def prune_train(cfg: Config, paths: Paths = Paths()) -> list[dict]:
     the final masks fixed; a rewind needs at least one, so the model that leaves this step is
     always trained (the config refuses ``rewind`` with ``finetune_epochs: 0``).  Every record
     holds ``sparsity`` (over the layers the target covers) and ``sparsity_all_layers``.
+
+    ``models/packed.pt`` is the same model without its zeros (see
+    :func:`sparsenet.checkpoints.packed_checkpoint`).
     """
     dataset, train, test = training_start(cfg, paths)
     dense = load_model(paths.dense_model, False, dataset.image_size, len(dataset.classes))
@@ -56,9 +59,13 @@ def prune_train(cfg: Config, paths: Paths = Paths()) -> list[dict]:
         history = fit(net, train, test, p.epochs + p.finetune_epochs, p.lr, desc=f"prune_train ({p.method})",
                       after_epoch=prune_after_epoch, log=live_logger(live), lr_schedule=p.lr_schedule,
                       **resume)
-    save_checkpoint(paths.sparse_model, plain_state(net))
+    state = plain_state(net)
+    save_checkpoint(paths.sparse_model, state)
+    save_checkpoint(paths.packed_model, packed_checkpoint(state))
     small = compact(net)
     save_checkpoint(paths.compact_model, compact_checkpoint(small))
     resume["checkpoint"].unlink(missing_ok=True)
+    print(f"packed model: {paths.packed_model.stat().st_size:,} bytes ({paths.sparse_model} "
+          f"{paths.sparse_model.stat().st_size:,}) -> {paths.packed_model}")
     print(f"compact model: widths {small.widths} (dense LeNet {net.widths}) -> {paths.compact_model}")
     return history

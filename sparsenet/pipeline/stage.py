@@ -22,6 +22,8 @@ class Paths:
     dense_history: Path = Path("models/dense_history.pt")
     sparse_model: Path = Path("models/sparse.pt")
     compact_model: Path = Path("models/compact.pt")
+    packed_model: Path = Path("models/packed.pt")
+    compressed_model: Path = Path("models/compressed.pt")
     control_model: Path = Path("models/control.pt")
     dense_log: Path = Path("logs/train_dense")
     prune_log: Path = Path("logs/prune_train")

@@ -1,0 +1,97 @@
+"""models/packed.pt: a SparseNet without its zeros, restored tensor for tensor."""
+
+import numpy as np
+import pytest
+import torch
+
+from sparsenet.checkpoints import (index_gaps, lenet_from_state_dict, load_packed, packed_checkpoint,
+                                   positions_from_gaps, save_checkpoint)
+from sparsenet.compact import compact
+from sparsenet.errors import SparseNetError
+from sparsenet.models import LeNet, SparseNet
+from sparsenet.pruning import prune_model
+
+
+def test_index_gaps_by_hand():
+    # gaps 1, 600, 1, 510: a gap over 255 is written as zero bytes ("255 on") and its remainder
+    assert index_gaps(np.array([0, 600, 601, 1111])).tolist() == [1, 0, 0, 90, 1, 0, 255]
+    assert positions_from_gaps(np.array([1, 0, 0, 90, 1, 0, 255], dtype=np.uint8)).tolist() == [0, 600, 601, 1111]
+    assert index_gaps(np.array([], dtype=np.int64)).tolist() == []
+
+
+def test_index_gaps_round_trip_any_positions():
+    rng = np.random.default_rng(0)
+    for density in (0.001, 0.01, 0.3, 1.0):
+        positions = np.flatnonzero(rng.random(200_000) < density)
+        gaps = index_gaps(positions)
+        assert gaps.dtype == np.uint8
+        assert np.array_equal(positions_from_gaps(gaps), positions)
+
+
+def pruned(kind: str) -> SparseNet:
+    torch.manual_seed(0)
+    net = SparseNet(10, 64)
+    if kind == "magnitude":
+        prune_model(net, "magnitude", 0.95, scope="global")
+    elif kind == "random":
+        prune_model(net, "random", 0.5, seed=3)
+    elif kind in ("filters", "channels"):
+        prune_model(net, "structured", 0.5, kind)  # masks biases too
+    elif kind == "empty layer":
+        net.conv2.set_mask(torch.zeros_like(net.conv2.mask), torch.zeros_like(net.conv2.bias_mask))
+    return net
+
+
+@pytest.mark.parametrize("kind", ["unpruned", "magnitude", "random", "filters", "channels", "empty layer"])
+def test_packed_checkpoint_restores_every_tensor(tmp_path, kind):
+    state = pruned(kind).state_dict()
+    save_checkpoint(tmp_path / "sparse.pt", state)
+    save_checkpoint(tmp_path / "packed.pt", packed_checkpoint(state))
+    torch.load(tmp_path / "packed.pt", weights_only=True)  # tensors and plain values only
+    restored = load_packed(tmp_path / "packed.pt")
+    assert list(restored) == list(state)
+    for key, value in state.items():
+        assert restored[key].dtype == value.dtype and torch.equal(restored[key], value), key
+    if kind == "magnitude":  # the 95% model: values (4 bytes) plus about a byte of position each
+        dense_bytes = len(_saved(LeNet(10, 64).state_dict()))
+        assert (tmp_path / "packed.pt").stat().st_size < dense_bytes / 12
+
+
+def _saved(state) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
+def test_a_packed_checkpoint_rebuilds_the_model_and_its_outputs(tmp_path):
+    net = pruned("filters")
+    save_checkpoint(tmp_path / "packed.pt", packed_checkpoint(net.state_dict()))
+    again = lenet_from_state_dict(torch.load(tmp_path / "packed.pt", weights_only=True), sparse=True)
+    x = torch.randn(2, 3, 64, 64)
+    assert torch.equal(again(x), net(x))
+    assert compact(again).widths == compact(net).widths
+
+
+def test_weights_outside_their_mask_cannot_be_packed():
+    state = pruned("magnitude").state_dict()
+    state["fc1.weight"][~state["fc1.mask"]] = 0.5
+    with pytest.raises(ValueError, match="fc1.weight has non-zero weights where fc1.mask is off"):
+        packed_checkpoint(state)
+
+
+def test_a_damaged_or_foreign_packed_file_gives_one_clear_error(tmp_path):
+    packed = packed_checkpoint(pruned("magnitude").state_dict())
+    packed["tensors"]["fc1.weight"]["values"] = packed["tensors"]["fc1.weight"]["values"][:-1]
+    save_checkpoint(tmp_path / "short.pt", packed)
+    with pytest.raises(SparseNetError, match="short.pt: fc1.weight: .* values for .* positions"):
+        load_packed(tmp_path / "short.pt")
+    save_checkpoint(tmp_path / "dense.pt", LeNet().state_dict())
+    with pytest.raises(SparseNetError, match="dense.pt: not a packed checkpoint"):
+        load_packed(tmp_path / "dense.pt")
+    packed = packed_checkpoint(pruned("magnitude").state_dict())
+    packed["version"] = 99
+    save_checkpoint(tmp_path / "future.pt", packed)
+    with pytest.raises(SparseNetError, match="version 99; this release reads version 1"):
+        load_packed(tmp_path / "future.pt")

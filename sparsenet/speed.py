@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 import torch
@@ -26,8 +27,13 @@ LATENCY_CONTENDERS = ("dense_eager", "sparse_eager", "dense_engine", "sparse_eng
 
 
 def eager_and_engine(models: dict[str, nn.Module]) -> tuple[dict[str, engine.CompiledModel], dict[str, Forward]]:
-    """Each model compiled on the engine, and the contenders ``<name>_eager`` / ``<name>_engine``."""
-    compiled = {name: engine.compile(model) for name, model in models.items()}
+    """Each model compiled on the engine, and the contenders ``<name>_eager`` / ``<name>_engine``.
+
+    The models compile at once: the compiler runs as its own process, so the cores share the
+    seconds a first build takes.
+    """
+    with ThreadPoolExecutor(max_workers=max(1, len(models))) as pool:
+        compiled = dict(zip(models, pool.map(engine.compile, models.values())))
     return compiled, {**{f"{name}_eager": model for name, model in models.items()},
                       **{f"{name}_engine": forward for name, forward in compiled.items()}}
 

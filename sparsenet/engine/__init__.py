@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import sys
+import threading
 from typing import Callable
 
 import numpy as np
@@ -31,12 +32,15 @@ from sparsenet.models import LAYER_NAMES, SPARSE_LAYER_TYPES, LeNet
 # The stages the engine times separately (milliseconds per call, see CompiledModel.layer_milliseconds).
 STAGES = ("input", "conv1", "conv2", "fc1", "fc2", "fc3")
 _said: set[str] = set()
+_said_lock = threading.Lock()
 
 
 def _notice(message: str) -> None:
-    if message not in _said:
+    with _said_lock:  # models may compile in threads at once (sparsenet.speed)
+        if message in _said:
+            return
         _said.add(message)
-        print(f"sparsenet.engine: {message}", file=sys.stderr)
+    print(f"sparsenet.engine: {message}", file=sys.stderr)
 
 
 def effective_weights(model: LeNet) -> list[tuple[np.ndarray, np.ndarray]]:

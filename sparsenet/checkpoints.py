@@ -77,6 +77,7 @@ def lenet_from_state_dict(state: Any, sparse: bool, image_size: int | None = Non
     if not isinstance(state, dict):
         raise ValueError(f"holds a {type(state).__name__}, not a state dict")
     if state.get("format") in (PACKED_FORMAT, COMPRESSED_FORMAT):
+        image_size = image_size or state.get("image_size")
         state = (unpack_state if state["format"] == PACKED_FORMAT else decompress_state)(state)
     declared = None
     if "state_dict" in state:
@@ -93,6 +94,8 @@ def lenet_from_state_dict(state: Any, sparse: bool, image_size: int | None = Non
         raise ValueError(f"not a LeNet state dict (keys: {', '.join(map(str, list(state)[:6]))}, ...)") from None
     if declared is not None and list(declared) != list(widths):
         raise ValueError(f"declares widths {list(declared)} but its tensors have widths {list(widths)}")
+    if image_size is not None and (not isinstance(image_size, int) or isinstance(image_size, bool)):
+        raise ValueError(f"declares an image size {image_size!r}, not a number of pixels")
     if image_size is None:
         image_size = next((s for s in range(16, 2048) if widths[1] * feature_side(s) ** 2 == flat), 0)
     if image_size < 16 or widths[1] * feature_side(image_size) ** 2 != flat:
@@ -135,6 +138,10 @@ PACKED_FORMAT = "sparsenet.packed"
 PACKED_VERSION = 1
 # A mask and the tensor it masks, by key suffix: ``conv1.mask`` masks ``conv1.weight``.
 MASK_SUFFIXES = {".mask": ".weight", ".bias_mask": ".bias"}
+# The largest tensor a packed or compressed file may declare: fc1 at the largest input
+# (``data.image_size`` 512) has 30M weights.  A damaged or crafted shape cannot make a reader
+# allocate more than this.
+MAX_ELEMENTS = 2**26
 
 
 def index_gaps(positions: np.ndarray) -> np.ndarray:
@@ -157,9 +164,14 @@ def positions_from_gaps(gaps: np.ndarray) -> np.ndarray:
     return (np.cumsum(steps) - 1)[gaps != 0]
 
 
+def most_gap_bytes(numel: int) -> int:
+    """The most bytes :func:`index_gaps` can write for positions among ``numel``."""
+    return numel + numel // 255 + 1
+
+
 def pack_positions(mask: torch.Tensor) -> dict[str, Any]:
     """A boolean mask as the smaller of its bitmask and its index gaps (:func:`index_gaps`)."""
-    flat = mask.detach().cpu().flatten().numpy()
+    flat = mask.detach().cpu().flatten().bool().numpy()
     gaps = index_gaps(np.flatnonzero(flat))
     if gaps.size < (flat.size + 7) // 8:
         return {"gaps": torch.from_numpy(gaps)}
@@ -169,32 +181,71 @@ def pack_positions(mask: torch.Tensor) -> dict[str, Any]:
 def unpack_positions(packed: dict[str, Any], numel: int) -> np.ndarray:
     """The flat positions :func:`pack_positions` stored; ``ValueError`` if they do not fit ``numel``."""
     if "gaps" in packed:
-        positions = positions_from_gaps(_uint8_array(packed["gaps"]))
-    else:
-        bits = np.unpackbits(_uint8_array(packed["bitmask"]))
-        if bits.size < numel or bits[numel:].any():
-            raise ValueError(f"its bitmask does not fit {numel} weights")
+        positions = positions_from_gaps(_uint8_array(packed["gaps"], "gaps"))
+    elif "bitmask" in packed:
+        bits = np.unpackbits(_uint8_array(packed["bitmask"], "bitmask"))
+        if bits.size != (numel + 7) // 8 * 8 or bits[numel:].any():
+            raise ValueError(f"a bitmask of {bits.size} bits does not fit {numel} weights")
         positions = np.flatnonzero(bits[:numel])
+    else:
+        raise ValueError("no positions (expected gaps or a bitmask)")
     if positions.size and positions[-1] >= numel:
-        raise ValueError(f"a position {int(positions[-1])} lies beyond {numel} weights")
+        raise ValueError(f"a position {int(positions[-1])} lies beyond its {numel} weights")
     return positions
 
 
-def _uint8_array(value: Any) -> np.ndarray:
+def _uint8_array(value: Any, what: str) -> np.ndarray:
     if not isinstance(value, torch.Tensor) or value.dtype != torch.uint8 or value.dim() != 1:
-        raise ValueError("positions must be a 1-D uint8 tensor")
+        raise ValueError(f"its {what} are not a 1-D uint8 tensor")
     return value.numpy()
 
 
-def packed_checkpoint(state: dict[str, torch.Tensor]) -> dict[str, Any]:
+def _shape(entry: dict) -> torch.Size:
+    """An entry's declared shape, refused when it is not a list of sizes or holds too many elements."""
+    shape = entry["shape"]
+    if not isinstance(shape, list) or not all(isinstance(n, int) and 0 <= n <= MAX_ELEMENTS for n in shape):
+        raise ValueError(f"a shape {shape!r} that is not a list of sizes")
+    size = torch.Size(shape)
+    if size.numel() > MAX_ELEMENTS:
+        raise ValueError(f"a shape {shape} of {size.numel():,} elements, more than a LeNet layer has ({MAX_ELEMENTS:,})")
+    return size
+
+
+def _mask_from(entry: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(boolean mask, its flat positions) of a mask entry of either format."""
+    shape = _shape(entry)
+    positions = torch.from_numpy(unpack_positions(entry, shape.numel()))
+    mask = torch.zeros(shape.numel(), dtype=torch.bool)
+    mask[positions] = True
+    return mask.reshape(shape), positions
+
+
+class _Damaged:
+    """Turns what a damaged or crafted entry raises into one ``ValueError`` naming the entry."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, exc, traceback) -> None:  # noqa: ANN001 (the context-manager protocol)
+        if exc is not None and isinstance(exc, (ValueError, KeyError, TypeError, AttributeError, IndexError,
+                                                RuntimeError, OverflowError)):
+            detail = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
+            raise ValueError(f"{self.what}: {detail}") from None
+
+
+def packed_checkpoint(state: dict[str, torch.Tensor], image_size: int | None = None) -> dict[str, Any]:
     """What ``models/packed.pt`` holds: a SparseNet state dict without its zeros.
 
     Every masked tensor (``<layer>.weight`` under ``<layer>.mask``, ``<layer>.bias`` under
     ``<layer>.bias_mask``) keeps only its values where the mask is on, in flat order, and the mask
     becomes those positions: a bitmask or index gaps, whichever is smaller
-    (:func:`pack_positions`).  Other tensors are kept whole.  Lossless: :func:`unpack_state`
-    gives back every tensor ``torch.equal`` to the original.  ``ValueError`` if a weight outside
-    its mask is not zero (it could not come back).
+    (:func:`pack_positions`).  Other tensors are kept whole.  :func:`unpack_state` gives back every
+    tensor bit for bit (dtype and key order too), with the pruned entries as +0.0, which is what
+    the project's masks write.  ``ValueError`` if a weight outside its mask is not zero (it could
+    not come back).  ``image_size`` (optional) is stored for the model's rebuild.
     """
     masked = {key[: -len(suffix)] + tensor: key for key in state for suffix, tensor in MASK_SUFFIXES.items()
               if key.endswith(suffix)}  # masked tensor's key -> its mask's key
@@ -209,43 +260,51 @@ def packed_checkpoint(state: dict[str, torch.Tensor]) -> dict[str, Any]:
                 raise ValueError(f"{key} has non-zero weights where {masked[key]} is off: cannot pack them")
             tensors[key] = {"shape": list(value.shape), "values": value[mask].contiguous(), "mask": masked[key]}
         elif key in masked.values():
+            if value.dtype != torch.bool:
+                raise ValueError(f"{key} is a {value.dtype} tensor; masks are bool")
             tensors[key] = {"shape": list(value.shape), **pack_positions(value)}
         else:
             tensors[key] = {"shape": list(value.shape), "whole": value.contiguous()}
-    return {"format": PACKED_FORMAT, "version": PACKED_VERSION, "tensors": tensors}
+    packed = {"format": PACKED_FORMAT, "version": PACKED_VERSION, "tensors": tensors}
+    return packed if image_size is None else {**packed, "image_size": image_size}
 
 
 def unpack_state(packed: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """The state dict :func:`packed_checkpoint` packed; ``ValueError`` if it is damaged or foreign."""
+    """The state dict :func:`packed_checkpoint` packed; ``ValueError`` naming the entry if it is damaged."""
     if packed.get("version") != PACKED_VERSION or not isinstance(packed.get("tensors"), dict):
         raise ValueError(f"a packed checkpoint of version {packed.get('version')!r}; this release reads version "
                          f"{PACKED_VERSION}")
     entries = packed["tensors"]
     state: dict[str, torch.Tensor] = {}
-    try:
-        for key, entry in entries.items():  # masks and whole tensors first: the values need their masks
-            shape = torch.Size(entry["shape"])
+    masks: set[str] = set()
+    for key, entry in entries.items():  # masks and whole tensors first: the values need their masks
+        with _Damaged(str(key)):
             if "whole" in entry:
-                state[key] = entry["whole"].reshape(shape)
+                if not isinstance(entry["whole"], torch.Tensor):
+                    raise ValueError("not a tensor")
+                state[key] = entry["whole"].reshape(_shape(entry))
             elif "values" not in entry:
-                mask = torch.zeros(shape.numel(), dtype=torch.bool)
-                mask[torch.from_numpy(unpack_positions(entry, shape.numel()))] = True
-                state[key] = mask.reshape(shape)
-        for key, entry in entries.items():
-            if "values" in entry:
-                mask, values = state[entry["mask"]], entry["values"]
-                if int(mask.sum()) != values.numel():
-                    raise ValueError(f"{key}: {values.numel()} values for {int(mask.sum())} positions")
-                tensor = torch.zeros(mask.shape, dtype=values.dtype)
-                tensor[mask] = values
-                state[key] = tensor
-    except (KeyError, TypeError, AttributeError, RuntimeError) as exc:
-        raise ValueError(f"a damaged packed checkpoint ({type(exc).__name__}: {exc})") from None
+                state[key] = _mask_from(entry)[0]
+                masks.add(key)
+    for key, entry in entries.items():
+        if "values" not in entry:
+            continue
+        with _Damaged(str(key)):
+            if entry["mask"] not in masks:
+                raise ValueError(f"its mask {entry['mask']!r} is not a mask entry of this file")
+            mask, values = state[entry["mask"]], entry["values"]
+            if not isinstance(values, torch.Tensor) or values.dim() != 1:
+                raise ValueError("its values are not a 1-D tensor")
+            if values.numel() != int(mask.sum()):
+                raise ValueError(f"{values.numel()} values for {int(mask.sum())} positions")
+            tensor = torch.zeros(mask.shape, dtype=values.dtype)
+            tensor[mask] = values
+            state[key] = tensor
     return {key: state[key] for key in entries}
 
 
 def load_packed(path: str | Path) -> dict[str, torch.Tensor]:
-    """The state dict ``models/packed.pt`` holds, equal tensor for tensor to ``models/sparse.pt``'s."""
+    """The state dict ``models/packed.pt`` holds, equal bit for bit to ``models/sparse.pt``'s."""
     packed = load_checkpoint(path)
     if not isinstance(packed, dict) or packed.get("format") != PACKED_FORMAT:
         raise SparseNetError(f"{path}: not a packed checkpoint (expected one prune_train wrote as models/packed.pt)")
@@ -253,6 +312,15 @@ def load_packed(path: str | Path) -> dict[str, torch.Tensor]:
         return unpack_state(packed)
     except ValueError as exc:
         raise SparseNetError(f"{path}: {exc}") from None
+
+
+def same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    """Whether two state dicts hold the same keys in the same order and the same tensors bit for bit
+    (dtype, shape and bytes: unlike ``torch.equal``, -0.0 differs from 0.0 and NaN equals itself)."""
+    return list(a) == list(b) and all(
+        a[k].dtype == b[k].dtype and a[k].shape == b[k].shape
+        and a[k].detach().cpu().contiguous().view(torch.uint8).equal(b[k].detach().cpu().contiguous().view(torch.uint8))
+        for k in a)
 
 
 # --------------------------------------------------------------------------- compressed
@@ -273,13 +341,20 @@ def huffman_encode(symbols: np.ndarray) -> bytes:
 
 def huffman_decode(data: bytes, count: int) -> np.ndarray:
     """The ``count`` bytes :func:`huffman_encode` coded; ``ValueError`` if the stream holds anything else."""
+    if not isinstance(count, int) or not 0 <= count <= MAX_ELEMENTS + MAX_ELEMENTS // 255 + 1:
+        raise ValueError(f"a stream said to hold {count!r} symbols")
     decoder = zlib.decompressobj(-15)
     try:
         out = decoder.decompress(bytes(data), count + 1)  # bounded: a damaged stream cannot fill memory
     except (zlib.error, TypeError) as exc:
         raise ValueError(f"a damaged Huffman stream ({exc})") from None
-    if len(out) != count or not decoder.eof:
-        raise ValueError(f"a Huffman stream of {len(out)}{'' if decoder.eof else '+'} symbols, expected {count}")
+    if len(out) != count:
+        more = "" if decoder.eof else " or more"
+        raise ValueError(f"a Huffman stream of {len(out)}{more} symbols, expected {count}")
+    if not decoder.eof:
+        raise ValueError("a Huffman stream that does not end")
+    if decoder.unused_data:
+        raise ValueError(f"{len(decoder.unused_data)} bytes after the end of a Huffman stream")
     return np.frombuffer(out, dtype=np.uint8)
 
 
@@ -324,47 +399,50 @@ def compressed_checkpoint(model: SparseNet, shared: dict[str, tuple[torch.Tensor
 
 
 def decompress_state(compressed: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """The SparseNet state dict ``models/compressed.pt`` codes; ``ValueError`` if damaged or foreign."""
+    """The SparseNet state dict ``models/compressed.pt`` codes; ``ValueError`` naming the part that is damaged."""
     if compressed.get("version") != COMPRESSED_VERSION or not isinstance(compressed.get("layers"), dict):
         raise ValueError(f"a compressed checkpoint of version {compressed.get('version')!r}; this release reads "
                          f"version {COMPRESSED_VERSION}")
     blobs = {"bytes": compressed.get("bytes"), "floats": compressed.get("floats")}
     for kind, dtype in (("bytes", torch.uint8), ("floats", torch.float32)):
         if not isinstance(blobs[kind], torch.Tensor) or blobs[kind].dtype != dtype or blobs[kind].dim() != 1:
-            raise ValueError(f"a damaged compressed checkpoint (its {kind} are not a 1-D {dtype} tensor)")
+            raise ValueError(f"its {kind} are not a 1-D {dtype} tensor")
 
-    def load(kind: str, where: list[int]) -> torch.Tensor:
-        start, stop = (int(i) for i in where)
+    def load(kind: str, where: Any) -> torch.Tensor:
+        if not (isinstance(where, list) and len(where) == 2 and all(isinstance(i, int) for i in where)):
+            raise ValueError(f"a slice {where!r} that is not [start, stop]")
+        start, stop = where
         if not 0 <= start <= stop <= blobs[kind].numel():
             raise ValueError(f"a slice [{start}, {stop}) beyond its {blobs[kind].numel()} {kind}")
         return blobs[kind][start:stop]
 
     def mask_and_positions(entry: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        shape = torch.Size(entry["shape"])
-        gaps = huffman_decode(load("bytes", entry["gaps"]).numpy().tobytes(), int(entry["gap_count"]))
-        positions = torch.from_numpy(unpack_positions({"gaps": torch.from_numpy(gaps.copy())}, shape.numel()))
-        mask = torch.zeros(shape.numel(), dtype=torch.bool)
-        mask[positions] = True
-        return mask.reshape(shape), positions
+        numel = _shape(entry).numel()
+        if not isinstance(entry["gap_count"], int) or not 0 <= entry["gap_count"] <= most_gap_bytes(numel):
+            raise ValueError(f"gap_count {entry['gap_count']!r} does not fit {numel} weights")
+        gaps = huffman_decode(load("bytes", entry["gaps"]).numpy().tobytes(), entry["gap_count"])
+        return _mask_from({"shape": entry["shape"], "gaps": torch.from_numpy(gaps.copy())})
 
     state: dict[str, torch.Tensor] = {}
-    try:
-        for name, entry in compressed["layers"].items():
+    for name, entry in compressed["layers"].items():
+        with _Damaged(f"{name}.weight"):
             mask, positions = mask_and_positions(entry["weight"])
             centroids = load("floats", entry["weight"]["centroids"])
             codes = huffman_decode(load("bytes", entry["weight"]["codes"]).numpy().tobytes(), positions.numel())
             codes = torch.from_numpy(codes.astype(np.int64))
             if codes.numel() and int(codes.max()) >= centroids.numel():
-                raise ValueError(f"{name}: a code beyond its {centroids.numel()} shared values")
+                raise ValueError(f"a code beyond its {centroids.numel()} shared values")
             weight = torch.zeros(mask.numel())
             weight[positions] = centroids[codes]
+        with _Damaged(f"{name}.bias"):
             bias_mask, bias_positions = mask_and_positions(entry["bias"])
+            values = load("floats", entry["bias"]["values"])
+            if values.numel() != bias_positions.numel():
+                raise ValueError(f"{values.numel()} values for {bias_positions.numel()} positions")
             bias = torch.zeros(bias_mask.numel())
-            bias[bias_positions] = load("floats", entry["bias"]["values"])
-            state.update({f"{name}.weight": weight.reshape(mask.shape), f"{name}.bias": bias.reshape(bias_mask.shape),
-                          f"{name}.mask": mask, f"{name}.bias_mask": bias_mask})
-    except (KeyError, TypeError, AttributeError, RuntimeError) as exc:
-        raise ValueError(f"a damaged compressed checkpoint ({type(exc).__name__}: {exc})") from None
+            bias[bias_positions] = values
+        state.update({f"{name}.weight": weight.reshape(mask.shape), f"{name}.bias": bias.reshape(bias_mask.shape),
+                      f"{name}.mask": mask, f"{name}.bias_mask": bias_mask})
     return state
 
 
@@ -406,7 +484,7 @@ def unwrap(state: Any) -> tuple[str | None, Any]:
     if not isinstance(state, dict):
         raise ValueError(f"holds a {type(state).__name__}, not a state dict")
     if "history" in state and "model" in state:
-        return f"resume checkpoint after epoch {len(state['history'])}", state["model"]
+        return f"resume checkpoint after epoch {len(state['history'])}", untied_state(state["model"])
     if state.get("format") == PACKED_FORMAT:
         return "packed SparseNet (kept weights and their positions only)", unpack_state(state)
     if state.get("format") == COMPRESSED_FORMAT:
@@ -415,6 +493,29 @@ def unwrap(state: Any) -> tuple[str | None, Any]:
         return (f"dense weights at {', '.join(history_points(state))} (the points prune.rewind can go back to)",
                 rewind_state(state, "init"))
     return None, state
+
+
+SHARED_WEIGHT_KEYS = (".parametrizations.weight.original", ".parametrizations.weight.0.positions",
+                      ".parametrizations.weight.0.codes")
+
+
+def untied_state(state: Any) -> Any:
+    """A state dict with shared weights (the ``compress`` stage's model while it trains, see
+    :class:`sparsenet.compress.SharedWeights`) as plain ``<layer>.weight`` tensors; others as they are."""
+    if not isinstance(state, dict):
+        return state
+    untied = {}
+    for key, value in state.items():
+        if key.endswith(SHARED_WEIGHT_KEYS[0]):
+            layer = key[: -len(SHARED_WEIGHT_KEYS[0])]
+            with _Damaged(f"{layer}'s shared weights"):
+                positions, codes = (state[layer + suffix] for suffix in SHARED_WEIGHT_KEYS[1:])
+                weight = torch.zeros(state[f"{layer}.mask"].numel(), dtype=value.dtype)
+                weight[positions] = value[codes]
+                untied[f"{layer}.weight"] = weight.reshape(state[f"{layer}.mask"].shape)
+        elif not key.endswith(SHARED_WEIGHT_KEYS[1:]):
+            untied[key] = value
+    return untied
 
 
 def model_kind(state: dict) -> str:

@@ -54,10 +54,10 @@ class _MaskedMixin:
 
     @torch.no_grad()
     def apply_mask(self) -> None:
-        """Write exact zeros into the stored weight (and bias) wherever the mask is off."""
-        self.weight.mul_(self.mask)
+        """Write exact zeros (+0.0, never -0.0) into the stored weight (and bias) wherever the mask is off."""
+        self.weight.masked_fill_(~self.mask, 0.0)
         if self.bias is not None:
-            self.bias.mul_(self.bias_mask)
+            self.bias.masked_fill_(~self.bias_mask, 0.0)
 
 
 class SparseConv2d(_MaskedMixin, nn.Conv2d):

@@ -38,8 +38,9 @@ def main(argv: list[str] | None = None) -> None:
               f"widths {small['widths']}, {small['macs']:,} MACs")
         if "packed" in metrics and "compressed" in metrics:
             packed, compressed = metrics["packed"], metrics["compressed"]
+            exact = "lossless" if packed.get("restores_sparse") else "DOES NOT restore the sparse model"
             print(f"checkpoint bytes: dense {dense['checkpoint_bytes']:,}; packed {packed['checkpoint_bytes']:,} "
-                  f"({packed['times_smaller_than_dense']:.1f}x smaller, lossless); compressed "
+                  f"({packed['times_smaller_than_dense']:.1f}x smaller, {exact}); compressed "
                   f"{compressed['checkpoint_bytes']:,} ({compressed['times_smaller_than_dense']:.1f}x smaller, "
                   f"accuracy {compressed['accuracy']:.2%})")
         speed_path = Path("metrics/speed.json")

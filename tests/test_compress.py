@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from sparsenet.checkpoints import (compressed_checkpoint, huffman_decode, huffman_encode, lenet_from_state_dict,
-                                   load_checkpoint, load_model, packed_checkpoint, save_checkpoint)
+                                   load_checkpoint, load_model, packed_checkpoint, same_tensors, save_checkpoint)
 from sparsenet.compress import kmeans_1d, shared_weights, tie_weights, untie_weights
 from sparsenet.config import ConfigError, config_from_dict
 from sparsenet.data import BatchLoader, make_synthetic, save_prepared
@@ -38,13 +38,15 @@ def pruned_net(sparsity=0.9) -> SparseNet:
     return net
 
 
-def test_tied_layers_hold_at_most_two_to_the_bits_values_and_keep_their_masks():
+def test_tied_layers_are_their_k_means_clusters_and_keep_their_masks():
     net = pruned_net()
+    before = {name: layer.weight[layer.mask].detach().clone() for name, layer in net.sparse_layers()}
     masks = {name: layer.mask.clone() for name, layer in net.sparse_layers()}
     tie_weights(net, conv_bits=3, fc_bits=2)
     for name, layer in net.sparse_layers():
-        kept = layer.weight[layer.mask]
-        assert len(torch.unique(kept)) <= (8 if name.startswith("conv") else 4), name
+        centroids, codes = kmeans_1d(before[name], 8 if name.startswith("conv") else 4)
+        assert torch.equal(layer.weight[layer.mask], centroids[codes]), name
+        assert len(centroids) <= (8 if name.startswith("conv") else 4)
         assert torch.equal(layer.mask, masks[name]) and (layer.weight[~layer.mask] == 0).all()
 
 
@@ -98,8 +100,16 @@ def test_huffman_round_trip_and_damage():
         huffman_decode(coded[: len(coded) // 2], len(symbols))
 
 
-def test_a_compressed_checkpoint_decodes_to_the_tied_model(tmp_path):
-    net = pruned_net(0.95)
+def structured_net() -> SparseNet:
+    torch.manual_seed(0)
+    net = SparseNet(4, 32)
+    prune_model(net, "structured", 0.5, "filters")  # masks whole filters and their biases
+    return net
+
+
+@pytest.mark.parametrize("make", [lambda: pruned_net(0.95), structured_net], ids=["magnitude", "filters"])
+def test_a_compressed_checkpoint_decodes_to_the_tied_model(tmp_path, make):
+    net = make()
     tie_weights(net, 8, 5)
     shared = shared_weights(net)
     untie_weights(net)
@@ -107,20 +117,54 @@ def test_a_compressed_checkpoint_decodes_to_the_tied_model(tmp_path):
     save_checkpoint(tmp_path / "packed.pt", packed_checkpoint(net.state_dict()))
     assert (tmp_path / "compressed.pt").stat().st_size < (tmp_path / "packed.pt").stat().st_size / 2
     decoded = lenet_from_state_dict(torch.load(tmp_path / "compressed.pt", weights_only=True), sparse=True)
-    for key, value in net.state_dict().items():
-        assert torch.equal(decoded.state_dict()[key], value), key
+    # (untying re-registers each weight after its bias: the same tensors, in another key order)
+    assert same_tensors(dict(sorted(decoded.state_dict().items())), dict(sorted(net.state_dict().items())))
+    assert not decoded.conv1.bias_mask.all() or not decoded.fc1.mask.all()
     x = torch.randn(2, 3, 32, 32)
     assert torch.equal(decoded(x), net(x))
 
 
-def test_a_damaged_compressed_file_gives_one_clear_error(tmp_path):
+def _damaged(tmp_path, damage):
     net = pruned_net()
     tie_weights(net, 8, 5)
     checkpoint = compressed_checkpoint(net, shared_weights(net))
-    checkpoint["bytes"] = checkpoint["bytes"][:100]
-    save_checkpoint(tmp_path / "cut.pt", checkpoint)
-    with pytest.raises(SparseNetError, match="cut.pt: a slice .* beyond its 100 bytes"):
-        load_model(tmp_path / "cut.pt", True, 32)
+    damage(checkpoint)
+    save_checkpoint(tmp_path / "damaged.pt", checkpoint)
+    return tmp_path / "damaged.pt"
+
+
+def _codes_with_top_value(checkpoint, layer, symbol):
+    """``layer``'s codes stream replaced by one whose last code is ``symbol``."""
+    entry = checkpoint["layers"][layer]["weight"]
+    start, stop = entry["codes"]
+    count = entry["gap_count"]  # magnitude masks of this model: one gap byte per kept weight
+    codes = np.frombuffer(huffman_encode(np.array([0] * (count - 1) + [symbol], dtype=np.uint8)), dtype=np.uint8)
+    checkpoint["bytes"] = torch.cat([checkpoint["bytes"], torch.from_numpy(codes.copy())])
+    total = checkpoint["bytes"].numel()
+    entry["codes"] = [total - codes.size, total]
+
+
+@pytest.mark.parametrize("damage,message", [
+    (lambda c: c.update(bytes=c["bytes"][:100]), r"conv1.weight: a slice \[.*\) beyond its 100 bytes"),
+    (lambda c: c["layers"]["fc1"]["weight"].update(gap_count=-1), "fc1.weight: gap_count -1 does not fit"),
+    (lambda c: c["layers"]["fc2"]["weight"].update(gap_count=c["layers"]["fc2"]["weight"]["gap_count"] - 1),
+     "fc2.weight: a Huffman stream of [0-9]+ symbols, expected"),
+    (lambda c: c["layers"]["fc1"]["weight"].update(shape=[3_000_000_000]), "fc1.weight: a shape"),
+    (lambda c: _codes_with_top_value(c, "fc3", 200), "fc3.weight: a code beyond its .* shared values"),
+    (lambda c: c["layers"]["fc2"]["bias"].update(values=[0, 3]), "fc2.bias: 3 values for 84 positions"),
+    (lambda c: c["layers"]["conv1"].update(bias=None), "conv1.bias: TypeError"),
+])
+def test_a_damaged_compressed_file_gives_one_line_naming_the_part(tmp_path, damage, message):
+    with pytest.raises(SparseNetError, match=message):
+        load_model(_damaged(tmp_path, damage), True, 32)
+
+
+def test_a_stream_with_bytes_after_its_end_is_refused():
+    coded = huffman_encode(np.arange(10, dtype=np.uint8))
+    with pytest.raises(ValueError, match="1 bytes after the end of a Huffman stream"):
+        huffman_decode(coded + b"x", 10)
+    with pytest.raises(ValueError, match="a Huffman stream of 10 symbols, expected 9"):
+        huffman_decode(coded, 9)
 
 
 @pytest.mark.parametrize("key,value", [("conv_bits", 9), ("fc_bits", 0), ("epochs", -1), ("lr", 0.0)])

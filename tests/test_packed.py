@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from sparsenet.checkpoints import (index_gaps, lenet_from_state_dict, load_packed, packed_checkpoint,
-                                   positions_from_gaps, save_checkpoint)
+from sparsenet.checkpoints import (index_gaps, lenet_from_state_dict, load_packed, pack_positions, packed_checkpoint,
+                                   plain_state, positions_from_gaps, same_tensors, save_checkpoint)
 from sparsenet.compact import compact
 from sparsenet.errors import SparseNetError
 from sparsenet.models import LeNet, SparseNet
@@ -39,12 +39,15 @@ def pruned(kind: str) -> SparseNet:
         prune_model(net, "structured", 0.5, kind)  # masks biases too
     elif kind == "empty layer":
         net.conv2.set_mask(torch.zeros_like(net.conv2.mask), torch.zeros_like(net.conv2.bias_mask))
+    elif kind == "float64":
+        prune_model(net, "magnitude", 0.8)
+        net.double()
     return net
 
 
-@pytest.mark.parametrize("kind", ["unpruned", "magnitude", "random", "filters", "channels", "empty layer"])
-def test_packed_checkpoint_restores_every_tensor(tmp_path, kind):
-    state = pruned(kind).state_dict()
+@pytest.mark.parametrize("kind", ["unpruned", "magnitude", "random", "filters", "channels", "empty layer", "float64"])
+def test_packed_checkpoint_restores_every_tensor_bit_for_bit(tmp_path, kind):
+    state = plain_state(pruned(kind))  # what prune_train saves
     save_checkpoint(tmp_path / "sparse.pt", state)
     save_checkpoint(tmp_path / "packed.pt", packed_checkpoint(state))
     torch.load(tmp_path / "packed.pt", weights_only=True)  # tensors and plain values only
@@ -52,6 +55,9 @@ def test_packed_checkpoint_restores_every_tensor(tmp_path, kind):
     assert list(restored) == list(state)
     for key, value in state.items():
         assert restored[key].dtype == value.dtype and torch.equal(restored[key], value), key
+    assert same_tensors(restored, state)
+    save_checkpoint(tmp_path / "again.pt", restored)  # pruned weights are +0.0 in both: the same bytes
+    assert (tmp_path / "again.pt").read_bytes() == (tmp_path / "sparse.pt").read_bytes()
     if kind == "magnitude":  # the 95% model: values (4 bytes) plus about a byte of position each
         dense_bytes = len(_saved(LeNet(10, 64).state_dict()))
         assert (tmp_path / "packed.pt").stat().st_size < dense_bytes / 12
@@ -63,6 +69,21 @@ def _saved(state) -> bytes:
     buffer = io.BytesIO()
     torch.save(state, buffer)
     return buffer.getvalue()
+
+
+def test_positions_take_the_smaller_of_bitmask_and_gaps():
+    few = torch.zeros(1000, dtype=torch.bool)
+    few[[3, 700]] = True
+    assert pack_positions(few)["gaps"].tolist() == [4, 0, 0, 187]  # 4 bytes, not a 125-byte bitmask
+    many = torch.ones(1000, dtype=torch.bool)
+    assert pack_positions(many)["bitmask"].numel() == 125  # not 1000 gap bytes
+
+
+def test_same_tensors_tells_signed_zeros_and_nan_apart_as_bits_do():
+    a = {"w": torch.tensor([0.0, float("nan")])}
+    assert same_tensors(a, {"w": torch.tensor([0.0, float("nan")])})  # torch.equal says no: NaN != NaN
+    assert not same_tensors(a, {"w": torch.tensor([-0.0, float("nan")])})
+    assert not same_tensors(a, {"w": torch.tensor([0.0, float("nan")], dtype=torch.float64)})
 
 
 def test_a_packed_checkpoint_rebuilds_the_model_and_its_outputs(tmp_path):
@@ -87,6 +108,25 @@ def test_a_damaged_or_foreign_packed_file_gives_one_clear_error(tmp_path):
     save_checkpoint(tmp_path / "short.pt", packed)
     with pytest.raises(SparseNetError, match="short.pt: fc1.weight: .* values for .* positions"):
         load_packed(tmp_path / "short.pt")
+    hostile = {
+        # values placed by a float tensor instead of a mask
+        "not a mask": ("fc1.weight", lambda t: t["fc1.mask"].update({"whole": torch.ones(120, 2704)}),
+                       "fc1.weight: its mask 'fc1.mask' is not a mask entry"),
+        "huge shape": ("fc1.mask", lambda t: t["fc1.mask"].update({"shape": [3_000_000_000]}),
+                       "fc1.mask: a shape .* not a list of sizes"),
+        "position past the end": ("fc2.mask", lambda t: t["fc2.mask"].update(
+            {"gaps": torch.cat([torch.zeros(100, dtype=torch.uint8), torch.ones(1, dtype=torch.uint8)])}),
+            "fc2.mask: a position 25500 lies beyond its 10080 weights"),
+        "bitmask tail": ("conv1.mask", lambda t: t["conv1.mask"].update({"bitmask": torch.full((57,), 255, dtype=torch.uint8)}),
+                         "conv1.mask: a bitmask of 456 bits does not fit 450 weights"),
+        "no positions": ("conv2.mask", lambda t: t["conv2.mask"].pop("bitmask"), "conv2.mask: no positions"),
+    }
+    for name, (_, damage, message) in hostile.items():
+        packed = packed_checkpoint(pruned("magnitude").state_dict())
+        damage(packed["tensors"])
+        save_checkpoint(tmp_path / "hostile.pt", packed)
+        with pytest.raises(SparseNetError, match=message):
+            load_packed(tmp_path / "hostile.pt")
     save_checkpoint(tmp_path / "dense.pt", LeNet().state_dict())
     with pytest.raises(SparseNetError, match="dense.pt: not a packed checkpoint"):
         load_packed(tmp_path / "dense.pt")
@@ -95,3 +135,21 @@ def test_a_damaged_or_foreign_packed_file_gives_one_clear_error(tmp_path):
     save_checkpoint(tmp_path / "future.pt", packed)
     with pytest.raises(SparseNetError, match="version 99; this release reads version 1"):
         load_packed(tmp_path / "future.pt")
+
+
+def test_evaluate_reports_whether_the_packed_file_restores_the_sparse_model(tmp_path):
+    from sparsenet.pipeline.evaluate import packed_metrics
+    from sparsenet.pipeline.stage import Paths
+
+    paths = Paths(sparse_model=tmp_path / "sparse.pt", packed_model=tmp_path / "packed.pt")
+    save_checkpoint(paths.sparse_model, plain_state(pruned("magnitude")))
+    save_checkpoint(paths.packed_model, packed_checkpoint(plain_state(pruned("magnitude"))))
+    assert packed_metrics(paths, 1000)["restores_sparse"] is True
+    other = pruned("magnitude")
+    with torch.no_grad():
+        other.fc1.weight[other.fc1.mask] *= -1  # same positions, other values
+    save_checkpoint(paths.packed_model, packed_checkpoint(plain_state(other)))
+    metrics = packed_metrics(paths, 1000)
+    assert metrics["restores_sparse"] is False
+    assert metrics["checkpoint_bytes"] == paths.packed_model.stat().st_size
+    assert metrics["times_smaller_than_dense"] == 1000 / metrics["checkpoint_bytes"]

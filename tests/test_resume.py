@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-from sparsenet.checkpoints import load_checkpoint
+from sparsenet.checkpoints import lenet_from_state_dict, load_checkpoint, unwrap
 from sparsenet.config import config_from_dict
 from sparsenet.data import BatchLoader, make_synthetic, save_prepared
 from sparsenet.pipeline.stage import Paths
@@ -34,12 +34,14 @@ PARAMS = {
     # optimizer and schedule too.
     "prune": {"method": "random", "sparsity": 0.8, "schedule": "cubic", "epochs": 3, "finetune_epochs": 2,
               "rewind": "init", "lr_schedule": "cosine"},
+    "compress": {"epochs": 3, "conv_bits": 4, "fc_bits": 3},
 }
 OUTPUTS = {
     "train_dense": ["models/dense.pt", "models/dense_history.pt", "logs/train_dense/metrics.json",
                     "logs/train_dense/plots/metrics/test/accuracy.tsv"],
     "prune_train": ["models/sparse.pt", "models/compact.pt", "logs/prune_train/metrics.json",
                     "logs/prune_train/plots/metrics/test/accuracy_after_prune.tsv"],
+    "compress": ["models/compressed.pt"],
 }
 
 
@@ -86,13 +88,21 @@ def reference(tmp_path_factory):
     project = _project(tmp_path_factory.mktemp("resume") / "reference")
     _run("train_dense", project)
     _run("prune_train", project)
+    _run("compress", project)
     return project
 
 
 def test_killed_stages_resume_to_the_same_results(reference, tmp_path):
     killed = _project(tmp_path / "killed")
-    for name in ("train_dense", "prune_train"):
+    for name in ("train_dense", "prune_train", "compress"):
         _kill_after_first_epoch(name, killed)
+        if name == "compress":  # its model trains shared weights: still a SparseNet to `sparsenet inspect`
+            holder, state = unwrap(load_checkpoint(killed / ".sparsenet" / "resume" / "compress.pt"))
+            training = lenet_from_state_dict(state, sparse=True)
+            sparse = load_checkpoint(killed / "models" / "sparse.pt")
+            for layer, module in training.sparse_layers():
+                assert torch.equal(module.mask, sparse[f"{layer}.mask"])
+                assert len(torch.unique(module.weight[module.mask])) <= 2 ** (4 if layer.startswith("conv") else 3)
         out = _run(name, killed)
         assert "resuming after epoch" in out
         assert not (killed / ".sparsenet" / "resume" / f"{name}.pt").exists(), "deleted once the stage is done"

@@ -7,7 +7,7 @@ from sparsenet.compress import shared_weights, tie_weights, untie_weights
 from sparsenet.config import Config
 from sparsenet.pipeline.stage import Paths
 from sparsenet.pipeline.training_stage import resume_args, training_start
-from sparsenet.training import evaluate, fit
+from sparsenet.training import fit
 
 
 def compress(cfg: Config, paths: Paths = Paths()) -> list[dict]:
@@ -25,9 +25,8 @@ def compress(cfg: Config, paths: Paths = Paths()) -> list[dict]:
     net = load_model(paths.sparse_model, True, dataset.image_size, len(dataset.classes))
     c = cfg.compress
     tie_weights(net, c.conv_bits, c.fc_bits)
-    _, accuracy = evaluate(net, test)
-    print(f"compress: shared weights ({c.conv_bits}-bit conv, {c.fc_bits}-bit fc codes): test accuracy "
-          f"{accuracy:.4f} before fine-tuning")
+    shared = ", ".join(f"{name} {len(centroids)}" for name, (centroids, _) in shared_weights(net).items())
+    print(f"compress: shared values per layer ({c.conv_bits}-bit conv, {c.fc_bits}-bit fc codes): {shared}")
     history: list[dict] = []
     if c.epochs:
         resume = resume_args(paths, "compress", cfg, paths.prepared, paths.sparse_model)

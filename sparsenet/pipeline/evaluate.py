@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from sparsenet import analysis, engine
-from sparsenet.checkpoints import load_checkpoint, load_model, load_packed
+from sparsenet.checkpoints import load_checkpoint, load_model, load_packed, same_tensors
 from sparsenet.config import Config
 from sparsenet.data import BatchLoader, load_meta, load_split
 from sparsenet.io import write_json
@@ -59,10 +59,8 @@ def measure_speed(models: dict[str, torch.nn.Module], test: BatchLoader, size: i
 
 
 def packed_metrics(paths: Paths, dense_bytes: int) -> dict:
-    """Size of ``models/packed.pt`` and whether it restores ``models/sparse.pt`` tensor for tensor."""
-    restored, saved = load_packed(paths.packed_model), load_checkpoint(paths.sparse_model)
-    lossless = list(restored) == list(saved) and all(
-        restored[key].dtype == saved[key].dtype and torch.equal(restored[key], saved[key]) for key in saved)
+    """Size of ``models/packed.pt`` and whether it restores ``models/sparse.pt`` bit for bit."""
+    lossless = same_tensors(load_packed(paths.packed_model), load_checkpoint(paths.sparse_model))
     size = paths.packed_model.stat().st_size
     return {"checkpoint_bytes": size, "times_smaller_than_dense": dense_bytes / size, "restores_sparse": lossless}
 

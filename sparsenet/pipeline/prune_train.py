@@ -61,7 +61,7 @@ def prune_train(cfg: Config, paths: Paths = Paths()) -> list[dict]:
                       **resume)
     state = plain_state(net)
     save_checkpoint(paths.sparse_model, state)
-    save_checkpoint(paths.packed_model, packed_checkpoint(state))
+    save_checkpoint(paths.packed_model, packed_checkpoint(state, net.image_size))
     small = compact(net)
     save_checkpoint(paths.compact_model, compact_checkpoint(small))
     resume["checkpoint"].unlink(missing_ok=True)

@@ -29,7 +29,7 @@ from torch import nn
 
 from sparsenet.errors import SparseNetError
 from sparsenet.io import write_bytes
-from sparsenet.models import LAYER_NAMES, LeNet, SparseNet, default_device, feature_side
+from sparsenet.models import KERNEL_SIZE, LAYER_NAMES, LeNet, SparseNet, default_device, feature_side
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
@@ -102,6 +102,11 @@ def lenet_from_state_dict(state: Any, sparse: bool, image_size: int | None = Non
         raise ValueError(f"fc1 reads {flat} features, which does not fit {image_size}x{image_size} input")
     if sparse and "conv1.mask" not in state:
         raise ValueError("holds a dense LeNet, expected a SparseNet with masks")
+    c1, c2, f1, f2 = widths
+    params = (c1 * in_channels + c2 * c1) * KERNEL_SIZE**2 + flat * f1 + f1 * f2 + f2 * classes
+    if params > MAX_ELEMENTS:  # checked before building: the widths come from the file
+        raise ValueError(f"widths {list(widths)} would make a LeNet of {params:,} weights, more than any this "
+                         f"project builds ({MAX_ELEMENTS:,})")
     model = (SparseNet if sparse else LeNet)(classes, image_size, in_channels, widths)
     try:
         model.load_state_dict(state if sparse else {k: v for k, v in state.items() if not k.endswith("mask")})
@@ -117,7 +122,7 @@ def load_model(path: Path, sparse: bool, image_size: int, num_classes: int | Non
     """Rebuild LeNet / SparseNet from a checkpoint for ``image_size`` input (and ``num_classes``)."""
     try:
         model = lenet_from_state_dict(load_checkpoint(path), sparse, image_size)
-    except ValueError as exc:
+    except (ValueError, TypeError, AttributeError, KeyError, IndexError) as exc:  # what a foreign file can raise
         raise SparseNetError(f"{path}: {exc}; re-run dvc repro") from None
     if num_classes is not None and model.num_classes != num_classes:
         raise SparseNetError(f"{path}: checkpoint is for {model.num_classes} classes, the prepared data has "
@@ -138,9 +143,9 @@ PACKED_FORMAT = "sparsenet.packed"
 PACKED_VERSION = 1
 # A mask and the tensor it masks, by key suffix: ``conv1.mask`` masks ``conv1.weight``.
 MASK_SUFFIXES = {".mask": ".weight", ".bias_mask": ".bias"}
-# The largest tensor a packed or compressed file may declare: fc1 at the largest input
-# (``data.image_size`` 512) has 30M weights.  A damaged or crafted shape cannot make a reader
-# allocate more than this.
+# The most elements a packed or compressed file may declare, all its tensors together, and the
+# most weights a rebuilt LeNet may have: fc1 at the largest input (``data.image_size`` 512) has 30M
+# weights, its mask as many.  A damaged or crafted file cannot make a reader allocate more.
 MAX_ELEMENTS = 2**26
 
 
@@ -200,20 +205,29 @@ def _uint8_array(value: Any, what: str) -> np.ndarray:
     return value.numpy()
 
 
-def _shape(entry: dict) -> torch.Size:
-    """An entry's declared shape, refused when it is not a list of sizes or holds too many elements."""
-    shape = entry["shape"]
-    if not isinstance(shape, list) or not all(isinstance(n, int) and 0 <= n <= MAX_ELEMENTS for n in shape):
-        raise ValueError(f"a shape {shape!r} that is not a list of sizes")
-    size = torch.Size(shape)
-    if size.numel() > MAX_ELEMENTS:
-        raise ValueError(f"a shape {shape} of {size.numel():,} elements, more than a LeNet layer has ({MAX_ELEMENTS:,})")
-    return size
+class _Budget:
+    """The elements a file's decoding may still allocate (:data:`MAX_ELEMENTS` for all its tensors)."""
+
+    def __init__(self) -> None:
+        self.left = MAX_ELEMENTS
+
+    def shape(self, entry: dict, tensors: int = 1) -> torch.Size:
+        """An entry's declared shape, charged ``tensors`` times; ``ValueError`` if it is not a list of
+        sizes or the file would declare more than :data:`MAX_ELEMENTS` elements in all."""
+        shape = entry["shape"]
+        if not isinstance(shape, list) or not all(isinstance(n, int) and 0 <= n <= MAX_ELEMENTS for n in shape):
+            raise ValueError(f"a shape {shape!r} that is not a list of sizes")
+        size = torch.Size(shape)
+        self.left -= size.numel() * tensors
+        if self.left < 0:
+            raise ValueError(f"a shape {shape} that takes the file past {MAX_ELEMENTS:,} elements, more than a "
+                             "LeNet here has")
+        return size
 
 
-def _mask_from(entry: dict) -> tuple[torch.Tensor, torch.Tensor]:
+def _mask_from(entry: dict, budget: _Budget) -> tuple[torch.Tensor, torch.Tensor]:
     """(boolean mask, its flat positions) of a mask entry of either format."""
-    shape = _shape(entry)
+    shape = budget.shape(entry)
     positions = torch.from_numpy(unpack_positions(entry, shape.numel()))
     mask = torch.zeros(shape.numel(), dtype=torch.bool)
     mask[positions] = True
@@ -277,24 +291,28 @@ def unpack_state(packed: dict[str, Any]) -> dict[str, torch.Tensor]:
     entries = packed["tensors"]
     state: dict[str, torch.Tensor] = {}
     masks: set[str] = set()
+    budget = _Budget()
     for key, entry in entries.items():  # masks and whole tensors first: the values need their masks
         with _Damaged(str(key)):
             if "whole" in entry:
                 if not isinstance(entry["whole"], torch.Tensor):
                     raise ValueError("not a tensor")
-                state[key] = entry["whole"].reshape(_shape(entry))
+                state[key] = entry["whole"].reshape(budget.shape(entry))
             elif "values" not in entry:
-                state[key] = _mask_from(entry)[0]
+                state[key] = _mask_from(entry, budget)[0]
                 masks.add(key)
     for key, entry in entries.items():
         if "values" not in entry:
             continue
         with _Damaged(str(key)):
             if entry["mask"] not in masks:
-                raise ValueError(f"its mask {entry['mask']!r} is not a mask entry of this file")
+                raise ValueError(f"its mask {entry['mask']!r} is not a mask entry of this file (or masks another too)")
+            masks.remove(entry["mask"])  # one tensor per mask
             mask, values = state[entry["mask"]], entry["values"]
-            if not isinstance(values, torch.Tensor) or values.dim() != 1:
-                raise ValueError("its values are not a 1-D tensor")
+            if budget.shape(entry) != mask.shape:
+                raise ValueError(f"its shape {entry['shape']} is not its mask's {list(mask.shape)}")
+            if not isinstance(values, torch.Tensor) or values.dim() != 1 or not values.is_floating_point():
+                raise ValueError("its values are not a 1-D floating-point tensor")
             if values.numel() != int(mask.sum()):
                 raise ValueError(f"{values.numel()} values for {int(mask.sum())} positions")
             tensor = torch.zeros(mask.shape, dtype=values.dtype)
@@ -317,10 +335,11 @@ def load_packed(path: str | Path) -> dict[str, torch.Tensor]:
 def same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     """Whether two state dicts hold the same keys in the same order and the same tensors bit for bit
     (dtype, shape and bytes: unlike ``torch.equal``, -0.0 differs from 0.0 and NaN equals itself)."""
+    def raw(t: torch.Tensor) -> torch.Tensor:
+        return t.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
+
     return list(a) == list(b) and all(
-        a[k].dtype == b[k].dtype and a[k].shape == b[k].shape
-        and a[k].detach().cpu().contiguous().view(torch.uint8).equal(b[k].detach().cpu().contiguous().view(torch.uint8))
-        for k in a)
+        a[k].dtype == b[k].dtype and a[k].shape == b[k].shape and torch.equal(raw(a[k]), raw(b[k])) for k in a)
 
 
 # --------------------------------------------------------------------------- compressed
@@ -416,12 +435,14 @@ def decompress_state(compressed: dict[str, Any]) -> dict[str, torch.Tensor]:
             raise ValueError(f"a slice [{start}, {stop}) beyond its {blobs[kind].numel()} {kind}")
         return blobs[kind][start:stop]
 
+    budget = _Budget()
+
     def mask_and_positions(entry: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        numel = _shape(entry).numel()
+        numel = budget.shape(entry).numel()  # charged for the values; the mask is charged below
         if not isinstance(entry["gap_count"], int) or not 0 <= entry["gap_count"] <= most_gap_bytes(numel):
             raise ValueError(f"gap_count {entry['gap_count']!r} does not fit {numel} weights")
         gaps = huffman_decode(load("bytes", entry["gaps"]).numpy().tobytes(), entry["gap_count"])
-        return _mask_from({"shape": entry["shape"], "gaps": torch.from_numpy(gaps.copy())})
+        return _mask_from({"shape": entry["shape"], "gaps": torch.from_numpy(gaps.copy())}, budget)
 
     state: dict[str, torch.Tensor] = {}
     for name, entry in compressed["layers"].items():
@@ -479,17 +500,22 @@ def unwrap(state: Any) -> tuple[str | None, Any]:
     """(what holds the model, the model's state) for any file the project writes.
 
     A resume checkpoint holds the model it is training, a dense history the weights at each point
-    (its ``init`` weights stand for the model); a model file holds itself (None).
+    (its ``init`` weights stand for the model); a model file, packed and compressed ones too
+    (:func:`lenet_from_state_dict` reads them), holds itself.
     """
     if not isinstance(state, dict):
         raise ValueError(f"holds a {type(state).__name__}, not a state dict")
     if "history" in state and "model" in state:
+        if not isinstance(state["history"], list):
+            raise ValueError("a resume checkpoint whose history is not a list of epochs")
         return f"resume checkpoint after epoch {len(state['history'])}", untied_state(state["model"])
     if state.get("format") == PACKED_FORMAT:
-        return "packed SparseNet (kept weights and their positions only)", unpack_state(state)
+        return "packed SparseNet (kept weights and their positions only)", state
     if state.get("format") == COMPRESSED_FORMAT:
-        return "compressed SparseNet (shared weights, Huffman-coded codes and index gaps)", decompress_state(state)
+        return "compressed SparseNet (shared weights, Huffman-coded codes and index gaps)", state
     if "init.conv1.weight" in state:
+        if not all(isinstance(key, str) for key in state):
+            raise ValueError("a dense history with keys that are not names")
         return (f"dense weights at {', '.join(history_points(state))} (the points prune.rewind can go back to)",
                 rewind_state(state, "init"))
     return None, state
@@ -505,21 +531,30 @@ def untied_state(state: Any) -> Any:
     if not isinstance(state, dict):
         return state
     untied = {}
-    for key, value in state.items():
-        if key.endswith(SHARED_WEIGHT_KEYS[0]):
-            layer = key[: -len(SHARED_WEIGHT_KEYS[0])]
-            with _Damaged(f"{layer}'s shared weights"):
+    budget = _Budget()
+    with _Damaged("its model's shared weights"):
+        for key, value in state.items():
+            if key.endswith(SHARED_WEIGHT_KEYS[0]):
+                layer = key[: -len(SHARED_WEIGHT_KEYS[0])]
                 positions, codes = (state[layer + suffix] for suffix in SHARED_WEIGHT_KEYS[1:])
-                weight = torch.zeros(state[f"{layer}.mask"].numel(), dtype=value.dtype)
+                shape = budget.shape({"shape": list(state[f"{layer}.mask"].shape)})
+                weight = torch.zeros(shape.numel(), dtype=value.dtype)
                 weight[positions] = value[codes]
-                untied[f"{layer}.weight"] = weight.reshape(state[f"{layer}.mask"].shape)
-        elif not key.endswith(SHARED_WEIGHT_KEYS[1:]):
-            untied[key] = value
+                untied[f"{layer}.weight"] = weight.reshape(shape)
+            elif not key.endswith(SHARED_WEIGHT_KEYS[1:]):
+                untied[key] = value
     return untied
+
+
+def is_sparse(state: dict) -> bool:
+    """Whether a model state (plain, packed or compressed) holds a SparseNet."""
+    return state.get("format") in (PACKED_FORMAT, COMPRESSED_FORMAT) or "conv1.mask" in state
 
 
 def model_kind(state: dict) -> str:
     """What kind of LeNet a model state holds."""
+    if is_sparse(state):
+        return "SparseNet (masked)"
     if "state_dict" in state:
         return "LeNet (compact: pruned structure removed)"
     return "SparseNet (masked)" if "conv1.mask" in state else "LeNet (dense)"

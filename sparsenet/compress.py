@@ -77,12 +77,10 @@ class SharedWeights(nn.Module):
     @torch.no_grad()
     def right_inverse(self, weight: torch.Tensor) -> torch.Tensor:
         """The centroids that best give ``weight``: each the mean of the kept weights sharing it."""
-        # on the CPU: index_add_ on CUDA sums in no fixed order, and the centroids must not vary by a bit
-        codes = self.codes.cpu()
-        slots = int(codes.max()) + 1 if codes.numel() else 0
-        kept = weight.detach().flatten()[self.positions].cpu()
-        sums = kept.new_zeros(slots).index_add_(0, codes, kept)
-        return (sums / torch.bincount(codes, minlength=slots).clamp(min=1).to(kept.dtype)).to(weight.device)
+        slots = int(self.codes.max()) + 1 if self.codes.numel() else 0
+        kept = weight.detach().flatten()[self.positions]
+        sums = kept.new_zeros(slots).index_add_(0, self.codes, kept)
+        return sums / torch.bincount(self.codes, minlength=slots).clamp(min=1).to(kept.dtype)
 
 
 @torch.no_grad()
@@ -99,7 +97,8 @@ def tie_weights(model: SparseNet, conv_bits: int, fc_bits: int) -> None:
         centroids, codes = kmeans_1d(layer.weight.flatten()[positions], 2 ** bits)
         parametrize.register_parametrization(
             layer, "weight", SharedWeights(layer.weight.shape, positions, codes.to(positions.device)), unsafe=True)
-        # right_inverse gave the clusters' float32 means; k-means' own (float64, rounded once) are exact
+        # right_inverse gave the clusters' float32 means, summed on the model's device (in no fixed
+        # order on CUDA); k-means' own, computed on the CPU in float64, are exact and the same anywhere
         layer.parametrizations.weight.original.copy_(centroids)
 
 

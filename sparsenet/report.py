@@ -64,8 +64,9 @@ def write_report(cfg: Config, metrics: dict, speed: dict, figures: list[Path], o
         lines += ["", f"On disk: the pruned model's checkpoint keeps dense tensors and masks "
                   f"({sparse['checkpoint_bytes']:,} bytes); `models/packed.pt` keeps only the kept weights and "
                   f"their positions: **{packed['checkpoint_bytes']:,} bytes, "
-                  f"{packed['times_smaller_than_dense']:.1f}x smaller than the dense model's**, lossless "
-                  f"(restores the pruned model exactly: {'yes' if packed['restores_sparse'] else 'NO'}). "
+                  f"{packed['times_smaller_than_dense']:.1f}x smaller than the dense model's**, "
+                  + ("lossless (restores the pruned model bit for bit). " if packed["restores_sparse"] else
+                     "but it does NOT restore the pruned model exactly. ") +
                   f"`models/compressed.pt`: **{compressed['checkpoint_bytes']:,} bytes, "
                   f"{compressed['times_smaller_than_dense']:.1f}x smaller**, at "
                   f"{-compressed['accuracy_drop_vs_sparse'] * 100:+.2f} points vs the pruned model."]

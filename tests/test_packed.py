@@ -153,3 +153,80 @@ def test_evaluate_reports_whether_the_packed_file_restores_the_sparse_model(tmp_
     assert metrics["restores_sparse"] is False
     assert metrics["checkpoint_bytes"] == paths.packed_model.stat().st_size
     assert metrics["times_smaller_than_dense"] == 1000 / metrics["checkpoint_bytes"]
+
+
+def test_a_negative_zero_where_the_packed_file_has_plus_zero_is_not_a_restore(tmp_path):
+    from sparsenet.pipeline.evaluate import packed_metrics
+    from sparsenet.pipeline.stage import Paths
+
+    paths = Paths(sparse_model=tmp_path / "sparse.pt", packed_model=tmp_path / "packed.pt")
+    state = plain_state(pruned("magnitude"))
+    save_checkpoint(paths.packed_model, packed_checkpoint(state))
+    state["fc1.weight"][~state["fc1.mask"]] = -0.0  # torch.equal cannot see this; the bytes can
+    save_checkpoint(paths.sparse_model, state)
+    assert packed_metrics(paths, 1000)["restores_sparse"] is False
+
+
+def test_a_crafted_file_cannot_make_the_reader_allocate_without_bound(tmp_path):
+    packed = packed_checkpoint(pruned("magnitude").state_dict())
+    tensors = packed["tensors"]
+    tensors["fc2.weight"]["mask"] = "fc1.mask"  # two tensors placed by one mask
+    save_checkpoint(tmp_path / "shared.pt", packed)
+    with pytest.raises(SparseNetError, match="fc2.weight: its mask 'fc1.mask' is not a mask entry .*or masks another"):
+        load_packed(tmp_path / "shared.pt")
+    packed = packed_checkpoint(pruned("magnitude").state_dict())
+    for i in range(5):  # each within a layer's bound, together far past the file's
+        packed["tensors"][f"extra{i}"] = {"shape": [2**25], "gaps": torch.zeros(0, dtype=torch.uint8)}
+    save_checkpoint(tmp_path / "many.pt", packed)
+    with pytest.raises(SparseNetError, match="extra1: a shape .* takes the file past"):
+        load_packed(tmp_path / "many.pt")
+
+
+def test_widths_a_file_declares_are_bounded_before_the_model_is_built():
+    state = LeNet(4, 32).state_dict()
+    wide = 8192  # tiny on disk as expanded tensors, 1.7G weights as a model
+    state["conv1.weight"] = torch.zeros(1).expand(wide, 3, 5, 5)
+    state["conv2.weight"] = torch.zeros(1).expand(wide, wide, 5, 5)
+    state["fc1.weight"] = torch.zeros(1).expand(120, wide * 5 * 5)  # 32 px: conv2's map is 5 x 5
+    with pytest.raises(ValueError, match="would make a LeNet of .* weights"):
+        lenet_from_state_dict(state, sparse=False)
+
+
+def test_inspect_reads_packed_files_at_their_input_size_and_refuses_crafted_ones(tmp_path, capsys):
+    from sparsenet.cli import inspect_checkpoint
+
+    torch.manual_seed(0)
+    net = SparseNet(4, 66)  # 66 px: the same fc1 as 64 px, so only the stored size tells them apart
+    save_checkpoint(tmp_path / "packed.pt", packed_checkpoint(plain_state(net), net.image_size))
+    inspect_checkpoint(tmp_path / "packed.pt")
+    assert "SparseNet (masked), 4 classes, input 3x66x66" in capsys.readouterr().out
+    save_checkpoint(tmp_path / "resume.pt", {"history": [], "model": {5: torch.zeros(1)}})
+    save_checkpoint(tmp_path / "history.pt", {"history": 3, "model": {}})
+    for crafted in ("resume.pt", "history.pt"):
+        with pytest.raises(SparseNetError, match=crafted):
+            inspect_checkpoint(tmp_path / crafted)
+
+
+def test_report_and_summary_say_lossless_only_when_the_packed_file_restores_the_model(tmp_path, monkeypatch, capsys):
+    import json
+    from pathlib import Path
+
+    from sparsenet import summary
+    from sparsenet.config import config_from_dict
+    from sparsenet.report import write_report
+
+    repo = Path(__file__).resolve().parents[1]
+    metrics = json.loads((repo / "metrics" / "evaluate.json").read_text())  # a real run's, as committed
+    speed = json.loads((repo / "metrics" / "speed.json").read_text())
+    for restores, said in ((True, "lossless"), (False, "does NOT restore the pruned model")):
+        metrics["packed"]["restores_sparse"] = restores
+        report = write_report(config_from_dict({}), metrics, speed, [], tmp_path / "report.md").read_text()
+        assert said in report and (restores or "lossless" not in report)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "evaluate.json").write_text(json.dumps(metrics))  # restores_sparse: False
+    (tmp_path / "models").mkdir()
+    save_checkpoint(tmp_path / "models" / "sparse.pt", plain_state(pruned("magnitude")))
+    summary.main([])
+    out = capsys.readouterr().out
+    assert "DOES NOT restore the sparse model" in out and "lossless" not in out

@@ -11,7 +11,6 @@ Huffman-coded) is :func:`sparsenet.checkpoints.compressed_checkpoint`'s business
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 

@@ -25,8 +25,8 @@ def compress(cfg: Config, paths: Paths = Paths()) -> list[dict]:
     net = load_model(paths.sparse_model, True, dataset.image_size, len(dataset.classes))
     c = cfg.compress
     tie_weights(net, c.conv_bits, c.fc_bits)
-    shared = ", ".join(f"{name} {len(centroids)}" for name, (centroids, _) in shared_weights(net).items())
-    print(f"compress: shared values per layer ({c.conv_bits}-bit conv, {c.fc_bits}-bit fc codes): {shared}")
+    counts = ", ".join(f"{name} {len(centroids)}" for name, (centroids, _) in shared_weights(net).items())
+    print(f"compress: shared values per layer ({c.conv_bits}-bit conv, {c.fc_bits}-bit fc codes): {counts}")
     history: list[dict] = []
     if c.epochs:
         resume = resume_args(paths, "compress", cfg, paths.prepared, paths.sparse_model)

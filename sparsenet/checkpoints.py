@@ -20,8 +20,9 @@ from __future__ import annotations
 import io
 import pickle
 import zlib
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -30,6 +31,11 @@ from torch import nn
 from sparsenet.errors import SparseNetError
 from sparsenet.io import write_bytes
 from sparsenet.models import KERNEL_SIZE, LAYER_NAMES, LeNet, SparseNet, default_device, feature_side
+
+
+# What reading a foreign or crafted file's contents as a model can raise (beyond torch's own
+# errors on load): each ends as one error line naming the file.
+FOREIGN_FILE_ERRORS = (ValueError, TypeError, AttributeError, KeyError, IndexError)
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
@@ -122,7 +128,7 @@ def load_model(path: Path, sparse: bool, image_size: int, num_classes: int | Non
     """Rebuild LeNet / SparseNet from a checkpoint for ``image_size`` input (and ``num_classes``)."""
     try:
         model = lenet_from_state_dict(load_checkpoint(path), sparse, image_size)
-    except (ValueError, TypeError, AttributeError, KeyError, IndexError) as exc:  # what a foreign file can raise
+    except FOREIGN_FILE_ERRORS as exc:
         raise SparseNetError(f"{path}: {exc}; re-run dvc repro") from None
     if num_classes is not None and model.num_classes != num_classes:
         raise SparseNetError(f"{path}: checkpoint is for {model.num_classes} classes, the prepared data has "
@@ -234,20 +240,14 @@ def _mask_from(entry: dict, budget: _Budget) -> tuple[torch.Tensor, torch.Tensor
     return mask.reshape(shape), positions
 
 
-class _Damaged:
+@contextmanager
+def _damaged(what: str) -> Iterator[None]:
     """Turns what a damaged or crafted entry raises into one ``ValueError`` naming the entry."""
-
-    def __init__(self, what: str) -> None:
-        self.what = what
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind, exc, traceback) -> None:  # noqa: ANN001 (the context-manager protocol)
-        if exc is not None and isinstance(exc, (ValueError, KeyError, TypeError, AttributeError, IndexError,
-                                                RuntimeError, OverflowError)):
-            detail = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
-            raise ValueError(f"{self.what}: {detail}") from None
+    try:
+        yield
+    except (*FOREIGN_FILE_ERRORS, RuntimeError, OverflowError) as exc:
+        detail = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
+        raise ValueError(f"{what}: {detail}") from None
 
 
 def packed_checkpoint(state: dict[str, torch.Tensor], image_size: int | None = None) -> dict[str, Any]:
@@ -293,7 +293,7 @@ def unpack_state(packed: dict[str, Any]) -> dict[str, torch.Tensor]:
     masks: set[str] = set()
     budget = _Budget()
     for key, entry in entries.items():  # masks and whole tensors first: the values need their masks
-        with _Damaged(str(key)):
+        with _damaged(str(key)):
             if "whole" in entry:
                 if not isinstance(entry["whole"], torch.Tensor):
                     raise ValueError("not a tensor")
@@ -304,7 +304,7 @@ def unpack_state(packed: dict[str, Any]) -> dict[str, torch.Tensor]:
     for key, entry in entries.items():
         if "values" not in entry:
             continue
-        with _Damaged(str(key)):
+        with _damaged(str(key)):
             if entry["mask"] not in masks:
                 raise ValueError(f"its mask {entry['mask']!r} is not a mask entry of this file (or masks another too)")
             masks.remove(entry["mask"])  # one tensor per mask
@@ -360,7 +360,7 @@ def huffman_encode(symbols: np.ndarray) -> bytes:
 
 def huffman_decode(data: bytes, count: int) -> np.ndarray:
     """The ``count`` bytes :func:`huffman_encode` coded; ``ValueError`` if the stream holds anything else."""
-    if not isinstance(count, int) or not 0 <= count <= MAX_ELEMENTS + MAX_ELEMENTS // 255 + 1:
+    if not isinstance(count, int) or not 0 <= count <= most_gap_bytes(MAX_ELEMENTS):
         raise ValueError(f"a stream said to hold {count!r} symbols")
     decoder = zlib.decompressobj(-15)
     try:
@@ -446,7 +446,7 @@ def decompress_state(compressed: dict[str, Any]) -> dict[str, torch.Tensor]:
 
     state: dict[str, torch.Tensor] = {}
     for name, entry in compressed["layers"].items():
-        with _Damaged(f"{name}.weight"):
+        with _damaged(f"{name}.weight"):
             mask, positions = mask_and_positions(entry["weight"])
             centroids = load("floats", entry["weight"]["centroids"])
             codes = huffman_decode(load("bytes", entry["weight"]["codes"]).numpy().tobytes(), positions.numel())
@@ -455,7 +455,7 @@ def decompress_state(compressed: dict[str, Any]) -> dict[str, torch.Tensor]:
                 raise ValueError(f"a code beyond its {centroids.numel()} shared values")
             weight = torch.zeros(mask.numel())
             weight[positions] = centroids[codes]
-        with _Damaged(f"{name}.bias"):
+        with _damaged(f"{name}.bias"):
             bias_mask, bias_positions = mask_and_positions(entry["bias"])
             values = load("floats", entry["bias"]["values"])
             if values.numel() != bias_positions.numel():
@@ -532,7 +532,7 @@ def untied_state(state: Any) -> Any:
         return state
     untied = {}
     budget = _Budget()
-    with _Damaged("its model's shared weights"):
+    with _damaged("its model's shared weights"):
         for key, value in state.items():
             if key.endswith(SHARED_WEIGHT_KEYS[0]):
                 layer = key[: -len(SHARED_WEIGHT_KEYS[0])]

@@ -19,7 +19,8 @@ from importlib import import_module
 from pathlib import Path
 
 from sparsenet import analysis
-from sparsenet.checkpoints import is_sparse, lenet_from_state_dict, load_checkpoint, model_kind, unwrap
+from sparsenet.checkpoints import (FOREIGN_FILE_ERRORS, is_sparse, lenet_from_state_dict, load_checkpoint, model_kind,
+                                   unwrap)
 from sparsenet.errors import SparseNetError, one_line_errors
 
 STEPS = ("prepare", "train_dense", "prune_train", "train_control", "compress", "evaluate", "visualize")
@@ -33,7 +34,7 @@ def inspect_checkpoint(path: Path) -> None:
         if not isinstance(state, dict):
             raise ValueError(f"holds a {type(state).__name__} where a model's state dict belongs")
         model = lenet_from_state_dict(state, sparse=is_sparse(state))
-    except (ValueError, TypeError, AttributeError, KeyError, IndexError) as exc:  # what a foreign file can raise
+    except FOREIGN_FILE_ERRORS as exc:
         raise SparseNetError(f"{path}: {exc}") from None
     if holder is not None:
         print(f"{path}: {holder}")

@@ -16,13 +16,14 @@ import torch
 
 from sparsenet import engine
 from sparsenet.compact import compact
-from sparsenet.engine import build, codegen
+from sparsenet import cbuild
+from sparsenet.engine import codegen
 from sparsenet.models import LeNet, SparseNet
 from sparsenet.pruning import prune_model
 
-HAS_ENGINE = build.cpu_flags() >= build.ISA_FLAGS["avx2"][0] and shutil.which("gcc") is not None
+HAS_ENGINE = cbuild.cpu_flags() >= cbuild.ISA_FLAGS["avx2"][0] and shutil.which("gcc") is not None
 needs_engine = pytest.mark.skipif(not HAS_ENGINE, reason="needs an x86-64 CPU with AVX2 and gcc")
-ISAS = [isa for isa in ("avx512", "avx2") if build.cpu_flags() >= build.ISA_FLAGS[isa][0]]
+ISAS = [isa for isa in ("avx512", "avx2") if cbuild.cpu_flags() >= cbuild.ISA_FLAGS[isa][0]]
 
 
 def trained_like(size: int, seed: int = 0) -> LeNet:
@@ -154,17 +155,17 @@ def test_engine_rejects_wrong_input_in_one_line():
         forward(images(2, 64))
     with pytest.raises(ValueError, match="expected float32 images on cpu, got torch.float64"):
         forward(images(2, 32).double())
-    with pytest.raises(build.BuildError, match="SPARSENET_ISA / isa = 'sse9': expected one of avx512, avx2"):
-        build.choose_isa("sse9")
+    with pytest.raises(cbuild.BuildError, match="SPARSENET_ISA / isa = 'sse9': expected one of avx512, avx2"):
+        cbuild.choose_isa("sse9")
 
 
 def test_the_fallback_checks_input_the_same_way(monkeypatch, tmp_path):
     monkeypatch.setenv("SPARSENET_CC", "no-such-cc")
-    build.compiler.cache_clear()
+    cbuild.compiler.cache_clear()
     try:
         forward = engine.compile(trained_like(32))
     finally:
-        build.compiler.cache_clear()
+        cbuild.compiler.cache_clear()
     assert forward.engine == "pytorch"
     with pytest.raises(ValueError, match=r"expected a batch N x 3 x 32 x 32, got \(2, 3, 64, 64\)"):
         forward(images(2, 64))

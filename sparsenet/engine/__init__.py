@@ -8,7 +8,7 @@ Every non-zero convolution weight becomes a multiply-add over a vector of output
 zero weight is no instruction at all; each convolution is fused with its 2x2 max-pool, bias and
 ReLU; the fully connected layers skip zero weights through CSR arrays (see
 :mod:`sparsenet.engine.codegen`).  The source is compiled once and cached
-(:mod:`sparsenet.engine.build`).  Both cores are used: whole blocks of images per thread, or,
+(:mod:`sparsenet.cbuild`).  Both cores are used: whole blocks of images per thread, or,
 for fewer images than threads, each image's filters split among the threads.
 
 Where the engine cannot run (a CUDA model, no AVX2, no C compiler, a failed build),
@@ -26,7 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from sparsenet.engine import build, codegen
+from sparsenet import cbuild
+from sparsenet.engine import codegen
 from sparsenet.models import LAYER_NAMES, SPARSE_LAYER_TYPES, LeNet
 
 # The stages the engine times separately (milliseconds per call, see CompiledModel.layer_milliseconds).
@@ -89,30 +90,19 @@ class CompiledModel:
         self._library = None
         try:
             if next(model.parameters()).device.type != "cpu":
-                raise build.BuildError(f"the model is on {next(model.parameters()).device}; the engine runs on CPU")
-            self.engine = build.choose_isa(isa)
+                raise cbuild.BuildError(f"the model is on {next(model.parameters()).device}; the engine runs on CPU")
+            self.engine = cbuild.choose_isa(isa)
             layers = effective_weights(model)
             source = codegen.generate([w for w, _ in layers[:2]], [b for _, b in layers[:2]], model.image_size,
                                       [w.shape for w, _ in layers[2:]], self.engine)
             self._arrays = _csr(layers[2:])
             self._library = self._load(source)
-        except build.BuildError as exc:
+        except cbuild.BuildError as exc:
             self.engine, self.reason = "pytorch", str(exc)
             _notice(f"{exc}; using the PyTorch forward")
 
     def _load(self, source: str) -> ctypes.CDLL:
-        """The compiled library; a cached file that does not load (damaged) is built again."""
-        path = build.library(source, self.engine)
-        try:
-            library = ctypes.CDLL(str(path))
-        except OSError as exc:
-            _notice(f"{path}: cannot be loaded ({str(exc)[:120]}); building it again")
-            path.unlink(missing_ok=True)
-            path = build.library(source, self.engine)
-            try:
-                library = ctypes.CDLL(str(path))
-            except OSError as again:
-                raise build.BuildError(f"{path}: cannot be loaded ({str(again)[:200]})") from None
+        library = cbuild.load(source, self.engine)
         library.sparsenet_forward.restype = ctypes.c_int
         return library
 

@@ -10,7 +10,7 @@ one shuffle, and only the pooled map is written.  The fully connected layers run
 pruned weight costs nothing there either.
 
 The source depends on the weights, the input size and the vector width only; it is keyed and
-compiled by :mod:`sparsenet.engine.build` and called by :mod:`sparsenet.engine`.
+compiled by :mod:`sparsenet.cbuild` and called by :mod:`sparsenet.engine`.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
-"""Compile generated C into a shared library, once: a per-user cache keyed by what went into it.
+"""Compile C source into a shared library, once: a per-user cache keyed by what went into it.
 
-The key hashes the source (which holds every weight), the generator's version, the vector
-extension, the compiler and its flags, and the CPU's feature flags.  A library is compiled into
+Used by the inference engine (:mod:`sparsenet.engine`, whose generated source holds every weight)
+and by the training kernels (:mod:`sparsenet.conv_block`).  The key hashes the source, the
+vector extension, the compiler and its flags, and the CPU's feature flags.  A library is compiled into
 a temporary file beside its final name and renamed over it (:func:`sparsenet.io.atomic_path`),
 so two processes compiling the same model at once (two ``dvc queue`` workers) each write a whole
 file and the last rename wins; a reader never sees a torn one.
@@ -14,15 +15,16 @@ file and the last rename wins; a reader never sees a torn one.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 import platform
 import shutil
 import subprocess
+import sys
 from functools import lru_cache
 from pathlib import Path
 
-from sparsenet.engine.codegen import GENERATOR_VERSION, ISAS
 from sparsenet.errors import SparseNetError
 from sparsenet.io import atomic_path, write_text
 
@@ -57,12 +59,12 @@ def choose_isa(requested: str | None = None) -> str:
     """The vector extension to compile for: ``requested`` (or $SPARSENET_ISA) if the CPU has it,
     else the best one it has (AVX-512 before AVX2)."""
     requested = requested or os.environ.get("SPARSENET_ISA") or None
-    if requested is not None and requested not in ISAS:
-        raise BuildError(f"SPARSENET_ISA / isa = {requested!r}: expected one of {', '.join(ISAS)}")
+    if requested is not None and requested not in ISA_FLAGS:
+        raise BuildError(f"SPARSENET_ISA / isa = {requested!r}: expected one of {', '.join(ISA_FLAGS)}")
     if platform.machine().lower() not in ("x86_64", "amd64"):
         raise BuildError(f"the engine needs an x86-64 CPU with AVX2 (this one is {platform.machine()})")
     flags = cpu_flags()
-    names = list(ISAS)
+    names = list(ISA_FLAGS)
     for name in names[names.index(requested):] if requested else names:
         if ISA_FLAGS[name][0] <= flags:
             return name
@@ -99,7 +101,7 @@ def library(source: str, isa: str) -> Path:
     """The shared library compiled from ``source`` for ``isa``: from the cache, else built now."""
     path, version = compiler()
     flags = [*COMPILE_FLAGS, *ISA_FLAGS[isa][1]]
-    key = hashlib.sha256("\0".join([str(GENERATOR_VERSION), isa, path, version, " ".join(flags),
+    key = hashlib.sha256("\0".join([isa, path, version, " ".join(flags),
                                     " ".join(sorted(cpu_flags())), source]).encode()).hexdigest()[:32]
     target = cache_dir() / f"{key}.so"
     if target.is_file():
@@ -122,3 +124,19 @@ def library(source: str, isa: str) -> Path:
         raise BuildError(f"{cache_dir()}: cannot write the engine cache ({exc}); set SPARSENET_CACHE to a "
                          "writable folder") from None
     return target
+
+
+def load(source: str, isa: str) -> ctypes.CDLL:
+    """The library compiled from ``source`` for ``isa``, loaded; a cached file that does not load
+    (damaged) is built again."""
+    path = library(source, isa)
+    try:
+        return ctypes.CDLL(str(path))
+    except OSError as exc:
+        print(f"sparsenet: {path}: cannot be loaded ({str(exc)[:120]}); building it again", file=sys.stderr)
+        path.unlink(missing_ok=True)
+        path = library(source, isa)
+        try:
+            return ctypes.CDLL(str(path))
+        except OSError as again:
+            raise BuildError(f"{path}: cannot be loaded ({str(again)[:200]})") from None

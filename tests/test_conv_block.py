@@ -1,0 +1,148 @@
+"""The compiled training block against PyTorch's conv2d → max_pool2d → relu under autograd."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sparsenet import cbuild, conv_block
+from sparsenet.models import SparseNet
+
+HAS_COMPILER = conv_block.available()
+needs_kernels = pytest.mark.skipif(not HAS_COMPILER, reason="no C compiler / AVX2 here")
+
+
+def reference(x, weight, bias):
+    return F.relu(F.max_pool2d(F.conv2d(x, weight, bias), 2))
+
+
+def grads(block, x, weight, bias, upstream):
+    x, weight, bias = (t.detach().clone().requires_grad_() for t in (x, weight, bias))
+    out = block(x, weight, bias)
+    out.backward(upstream)
+    return out.detach(), x.grad, weight.grad, bias.grad
+
+
+def integer_case(n, cin, cout, side, seed=0):
+    """Small integers: every sum is exact in float32, so gradients must match bit for bit, and
+    the conv output holds many ties (the first element of a tied window must win, as in PyTorch)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(-2, 3, (n, cin, side, side), generator=g).float().contiguous(memory_format=torch.channels_last)
+    weight = torch.randint(-1, 2, (cout, cin, 5, 5), generator=g).float()
+    bias = torch.randint(-2, 3, (cout,), generator=g).float()
+    pooled = (side - 4) // 2
+    upstream = torch.randint(-3, 4, (n, cout, pooled, pooled), generator=g).float()
+    return x, weight, bias, upstream
+
+
+@needs_kernels
+@pytest.mark.parametrize("n, cin, cout, side", [(3, 3, 6, 64), (9, 6, 16, 30), (2, 3, 3, 33), (17, 1, 2, 12), (1, 2, 5, 10)])
+def test_values_and_gradients_equal_pytorch_exactly_on_exact_sums(n, cin, cout, side):
+    x, weight, bias, upstream = integer_case(n, cin, cout, side)
+    ties = F.conv2d(x, weight, bias).unfold(2, 2, 2).unfold(3, 2, 2).flatten(-2)
+    assert (ties == ties.amax(-1, keepdim=True)).sum(-1).gt(1).any()  # the case has tied windows
+    ours, expected = grads(conv_block.conv_pool_relu, x, weight, bias, upstream), grads(reference, x, weight, bias, upstream)
+    for name, a, b in zip(("output", "input grad", "weight grad", "bias grad"), ours, expected):
+        assert torch.equal(a, b), name
+    assert ours[0].is_contiguous(memory_format=torch.channels_last)
+
+
+@needs_kernels
+def test_gradients_match_autograd_on_real_values_in_both_memory_formats():
+    g = torch.Generator().manual_seed(1)
+    weight, bias = torch.randn(16, 6, 5, 5, generator=g), torch.randn(16, generator=g)
+    weight[torch.rand(weight.shape, generator=g) < 0.8] = 0.0  # a pruned layer's masked weight
+    upstream = torch.randn(20, 16, 13, 13, generator=g)
+    for x in (torch.randn(20, 6, 30, 30, generator=g),
+              torch.randn(20, 6, 30, 30, generator=g).contiguous(memory_format=torch.channels_last)):
+        ours, expected = grads(conv_block.conv_pool_relu, x, weight, bias, upstream), grads(reference, x, weight, bias, upstream)
+        assert torch.equal(ours[0], expected[0])
+        for a, b in zip(ours[1:], expected[1:]):  # sums of thousands of terms, in another order
+            assert (a - b).abs().max() <= 1e-5 * b.abs().max()
+
+
+@needs_kernels
+def test_nan_propagates_forward_and_backward_like_pytorch():
+    x, weight, bias, upstream = integer_case(2, 3, 4, 16)
+    x[0, 1, 3, 3] = float("nan")
+    ours, expected = grads(conv_block.conv_pool_relu, x, weight, bias, upstream), grads(reference, x, weight, bias, upstream)
+    assert ours[0].isnan().any()
+    assert torch.equal(ours[0].isnan(), expected[0].isnan())
+    torch.testing.assert_close(ours[0], expected[0], equal_nan=True, rtol=0, atol=0)
+    assert torch.equal(ours[1], expected[1]) and torch.equal(ours[3], expected[3])  # input and bias
+    # The weight gradient is NaN where a NaN input meets a gradient; oneDNN also multiplies the
+    # NaN by the zeros of the windows' losers, so only NaN's presence is comparable.
+    assert ours[2].isnan().any() and expected[2].isnan().any()
+
+
+@needs_kernels
+def test_same_bytes_whatever_the_thread_count():
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(37, 3, 64, 64, generator=g).contiguous(memory_format=torch.channels_last)
+    weight, bias, upstream = torch.randn(6, 3, 5, 5, generator=g), torch.randn(6, generator=g), torch.randn(37, 6, 30, 30, generator=g)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            results.append(grads(conv_block.conv_pool_relu, x, weight, bias, upstream))
+    finally:
+        torch.set_num_threads(threads)
+    for other in results[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(results[0], other))
+
+
+@needs_kernels
+def test_a_sparse_net_trains_through_the_block_and_evaluates_through_pytorch():
+    torch.manual_seed(0)
+    net = SparseNet(4, 32)
+    mask = torch.rand(net.conv2.weight.shape) > 0.5
+    net.conv2.set_mask(mask)
+    images = torch.randn(8, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    reference_net = SparseNet(4, 32)
+    reference_net.load_state_dict(net.state_dict())
+    F.cross_entropy(net(images), torch.arange(8) % 4).backward()
+    logits = images
+    for conv in (reference_net.conv1, reference_net.conv2):  # the block by plain PyTorch ops
+        logits = reference(logits, conv.masked_weight(), conv.masked_bias())
+    logits = reference_net.fc3(F.relu(reference_net.fc2(F.relu(reference_net.fc1(logits.flatten(1))))))
+    F.cross_entropy(logits, torch.arange(8) % 4).backward()
+    for (name, a), b in zip(net.named_parameters(), reference_net.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6, msg=name)
+    assert not net.conv2.weight.grad[~mask].any()  # pruned weights get no gradient
+    with torch.no_grad():
+        assert torch.equal(net.eval()(images), logits.detach())
+
+
+def test_without_a_compiler_training_runs_on_pytorch_with_one_notice(tmp_path):
+    script = """
+import torch, torch.nn.functional as F
+from sparsenet import conv_block
+from sparsenet.models import LeNet
+net = LeNet(3, 32)
+for _ in range(2):
+    F.cross_entropy(net(torch.randn(4, 3, 32, 32)), torch.tensor([0, 1, 2, 0])).backward()
+assert not conv_block.available()
+print("trained")
+"""
+    env = {"PATH": "/usr/bin:/bin", "SPARSENET_CC": "no-such-cc", "SPARSENET_CACHE": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "trained\n"
+    notices = [line for line in result.stderr.splitlines() if line.startswith("sparsenet:")]
+    assert len(notices) == 1 and "no-such-cc" in notices[0] and "PyTorch" in notices[0], result.stderr
+
+
+@needs_kernels
+def test_forced_avx2_build_gives_the_same_gradients(monkeypatch):
+    if "avx2" not in [isa for isa in cbuild.ISA_FLAGS if cbuild.cpu_flags() >= cbuild.ISA_FLAGS[isa][0]]:
+        pytest.skip("no AVX2")
+    x, weight, bias, upstream = integer_case(4, 6, 16, 30, seed=3)
+    library = conv_block._bind(cbuild.load(conv_block.source(6, 16, 5, 30, 30), "avx2"))
+    monkeypatch.setitem(conv_block._libraries, (6, 16, 5, 30, 30), library)
+    ours, expected = grads(conv_block.conv_pool_relu, x, weight, bias, upstream), grads(reference, x, weight, bias, upstream)
+    assert all(torch.equal(a, b) for a, b in zip(ours, expected))

@@ -238,6 +238,11 @@ def available() -> bool:
     return kernels(1, 1, 1, 2, 2) is not None
 
 
+def runs_on() -> str:
+    """What computes the block's gradients here: ``compiled by <compiler>`` or ``pytorch``."""
+    return f"compiled by {cbuild.compiler()[1]}" if available() else "pytorch"
+
+
 def conv_pool_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """``relu(max_pool2d(conv2d(x, weight, bias), 2))`` for a stride-1 unpadded square kernel.
 

@@ -127,12 +127,13 @@ net = LeNet(3, 32)
 for _ in range(2):
     F.cross_entropy(net(torch.randn(4, 3, 32, 32)), torch.tensor([0, 1, 2, 0])).backward()
 assert not conv_block.available()
-print("trained")
+from sparsenet.pipeline.training_stage import _device_name
+print("trained", _device_name().endswith("training block: pytorch"))
 """
     env = {"PATH": "/usr/bin:/bin", "SPARSENET_CC": "no-such-cc", "SPARSENET_CACHE": str(tmp_path)}
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr
-    assert result.stdout == "trained\n"
+    assert result.stdout == "trained True\n"  # a resume checkpoint from a compiled run is not resumed
     notices = [line for line in result.stderr.splitlines() if line.startswith("sparsenet:")]
     assert len(notices) == 1 and "no-such-cc" in notices[0] and "PyTorch" in notices[0], result.stderr
 
@@ -146,3 +147,10 @@ def test_forced_avx2_build_gives_the_same_gradients(monkeypatch):
     monkeypatch.setitem(conv_block._libraries, (6, 16, 5, 30, 30), library)
     ours, expected = grads(conv_block.conv_pool_relu, x, weight, bias, upstream), grads(reference, x, weight, bias, upstream)
     assert all(torch.equal(a, b) for a, b in zip(ours, expected))
+
+
+@needs_kernels
+def test_resume_fingerprint_names_the_compiler_that_builds_the_block():
+    from sparsenet.pipeline.training_stage import _device_name
+
+    assert _device_name().endswith(f"training block: compiled by {cbuild.compiler()[1]}")

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from dvclive import Live
 
+from sparsenet import conv_block
 from sparsenet.config import Config
 from sparsenet.data import BatchLoader, Dataset, load_prepared
 from sparsenet.io import atomic_dir
@@ -113,8 +114,9 @@ def import_closure(module: str, root: Path = PROJECT_ROOT,
 
 
 def _device_name() -> str:
-    """The device as far as it can change results: the GPU's name, or the CPU's model and the
-    vector instructions torch's kernels use on it (AVX2, AVX512, …)."""
+    """The device as far as it can change results: the GPU's name, or the CPU's model, the vector
+    instructions torch's kernels use on it (AVX2, AVX512, …) and what computes the conv blocks'
+    gradients (the compiled kernels and their compiler, or PyTorch)."""
     device = default_device()
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -124,7 +126,8 @@ def _device_name() -> str:
             model = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), "")
     except OSError:
         pass
-    return f"cpu {platform.machine()} {model or platform.processor()} {torch.backends.cpu.get_cpu_capability()}"
+    return (f"cpu {platform.machine()} {model or platform.processor()} {torch.backends.cpu.get_cpu_capability()}"
+            f" training block: {conv_block.runs_on()}")
 
 
 def _update_from_file(digest: "hashlib._Hash", path: Path, block: int = 2**22) -> None:

@@ -11,17 +11,22 @@ four inputs won (or that the ReLU blocked it); the backward then visits only tho
 
 On channels-last tensors both patches are K contiguous runs of K × channels floats.  Sums run in
 a fixed order over fixed blocks of images, so results do not depend on the thread count:
-same inputs, same bytes.  The forward's values are PyTorch's bit for bit; gradients equal
-autograd's up to float rounding (exactly, where sums are exact).
+same inputs, same bytes.  On channels-last input (the pipeline's batches) the forward's values
+are PyTorch's bit for bit; gradients equal autograd's up to float rounding (exactly where sums
+are exact, ties included: the first maximum of a window wins).  A NaN or infinite input or weight
+still gives NaN gradients, but not at every place autograd's would: the losers' zero gradients
+are never multiplied.
 
-Used when a gradient is needed on a CPU float32 tensor; otherwise, and where the C code cannot
-be built (no compiler: one notice line), the plain PyTorch operations run.  The source holds no
-model numbers: one library per vector extension, compiled once and cached by :mod:`sparsenet.cbuild`.
+Used when a gradient is needed on CPU float32 tensors outside autocast; otherwise, and where the
+C code cannot be built (no compiler: one notice line), the plain PyTorch operations run.  The
+source holds no model numbers, only the layer's sizes: one library per layer shape and vector
+extension, compiled once and cached by :mod:`sparsenet.cbuild`.
 """
 
 from __future__ import annotations
 
 import ctypes
+import os
 import sys
 import threading
 
@@ -72,6 +77,23 @@ static inline __m256i lanes(int n) {
 #define VECTORS(n) (((n) + VL - 1) / VL)
 #define REST(n, v) ((n) - (v) * VL)  /* floats left from vector v on */
 #define CHANNELS_UP (VECTORS(COUT) * VL)
+
+/* Runs the statements that follow `image` for every window of that image whose winner passes a
+   gradient, with oc (the filter), gradient (the window's) and corner (the winner's offset in the
+   image's N x H x W x CIN input: its patch's first float) set.  Only winners carry a gradient:
+   the losers' zeros would add nothing (except NaN times their zero, which is not propagated). */
+#define FOR_EACH_WINNER(image, ...)                                                              \
+  for (int py = 0; py < PH; py++)                                                                \
+    for (int px = 0; px < PW; px++) {                                                            \
+      const int64_t at = (((image) * PH + py) * PW + px) * COUT;                                 \
+      for (int oc = 0; oc < COUT; oc++) {                                                        \
+        const uint8_t which = code[at + oc];                                                     \
+        if (which == NO_GRADIENT) continue;                                                      \
+        const float gradient = grad[at + oc];                                                    \
+        const int64_t corner = ((2 * py + (which >> 1)) * W + 2 * px + (which & 1)) * CIN;       \
+        __VA_ARGS__                                                                              \
+      }                                                                                          \
+    }
 
 /* y: conv output N x OH x OW x COUT (channels last). out: relu(2x2 max-pool(y)), N x PH x PW x
    COUT; code: which element of each window won (0..3, row-major; as PyTorch: the first of ties,
@@ -127,23 +149,17 @@ int conv_weight_grad(const float *restrict x, const float *restrict grad, const 
   for (int64_t block = 0; block < blocks; block++) {
     const int64_t last = (block + 1) * IMAGES_PER_BLOCK < n ? (block + 1) * IMAGES_PER_BLOCK : n;
     for (int64_t image = block * IMAGES_PER_BLOCK; image < last; image++)
-      for (int py = 0; py < PH; py++)
-        for (int px = 0; px < PW; px++) {
-          const int64_t at = ((image * PH + py) * PW + px) * COUT;
-          for (int oc = 0; oc < COUT; oc++) {
-            const uint8_t which = code[at + oc];
-            if (which == NO_GRADIENT) continue;
-            const vf g = SET1(grad[at + oc]);
-            const float *src = x + ((image * H + 2 * py + (which >> 1)) * W + 2 * px + (which & 1)) * CIN;
-            float *acc = sums[block][oc];
-            for (int ky = 0; ky < K; ky++)
-              for (int v = 0; v < VECTORS(RUN); v++) {
-                float *a = acc + (ky * VECTORS(RUN) + v) * VL;
-                STORE_N(a, FMA(g, LOAD_N(src + ky * W * CIN + v * VL, REST(RUN, v)), LOAD_N(a, VL)), VL);
-              }
-            acc[K * VECTORS(RUN) * VL] += grad[at + oc];
+      FOR_EACH_WINNER(image, {
+        const vf g = SET1(gradient);
+        const float *src = x + image * H * W * CIN + corner;
+        float *acc = sums[block][oc];
+        for (int ky = 0; ky < K; ky++)
+          for (int v = 0; v < VECTORS(RUN); v++) {
+            float *a = acc + (ky * VECTORS(RUN) + v) * VL;
+            STORE_N(a, FMA(g, LOAD_N(src + ky * W * CIN + v * VL, REST(RUN, v)), LOAD_N(a, VL)), VL);
           }
-        }
+        acc[K * VECTORS(RUN) * VL] += gradient;
+      })
   }
   for (int oc = 0; oc < COUT; oc++) {
     float total = 0.0f;
@@ -161,11 +177,12 @@ int conv_weight_grad(const float *restrict x, const float *restrict grad, const 
 }
 
 /* Gradient of x (N x H x W x CIN, written whole) from the pooled output's gradient and codes and
-   the weight (COUT x CIN x K x K). */
-void conv_input_grad(const float *restrict grad, const uint8_t *restrict code, const float *restrict weight,
-                     float *restrict gx, int64_t n, int threads) {
-  float filters[COUT][K][VECTORS(RUN) * VL];  /* [oc][ky][kx][ci]: a patch row's layout on channels-last input */
-  memset(filters, 0, sizeof(filters));
+   the weight (COUT x CIN x K x K).  Returns 0, or -1 without memory. */
+int conv_input_grad(const float *restrict grad, const uint8_t *restrict code, const float *restrict weight,
+                    float *restrict gx, int64_t n, int threads) {
+  /* [oc][ky][kx][ci]: a patch row's layout on channels-last input (on the heap: wide layers) */
+  float (*filters)[K][VECTORS(RUN) * VL] = calloc(COUT, sizeof(*filters));
+  if (!filters) return -1;
   for (int oc = 0; oc < COUT; oc++)
     for (int ci = 0; ci < CIN; ci++)
       for (int ky = 0; ky < K; ky++)
@@ -175,23 +192,19 @@ void conv_input_grad(const float *restrict grad, const uint8_t *restrict code, c
   for (int64_t image = 0; image < n; image++) {
     float *dst_image = gx + image * H * W * CIN;
     memset(dst_image, 0, sizeof(float) * H * W * CIN);
-    for (int py = 0; py < PH; py++)
-      for (int px = 0; px < PW; px++) {
-        const int64_t at = ((image * PH + py) * PW + px) * COUT;
-        for (int oc = 0; oc < COUT; oc++) {
-          const uint8_t which = code[at + oc];
-          if (which == NO_GRADIENT) continue;
-          const vf g = SET1(grad[at + oc]);
-          float *dst = dst_image + ((2 * py + (which >> 1)) * W + 2 * px + (which & 1)) * CIN;
-          for (int ky = 0; ky < K; ky++)
-            for (int v = 0; v < VECTORS(RUN); v++) {
-              float *d = dst + ky * W * CIN + v * VL;
-              const int rest = REST(RUN, v);
-              STORE_N(d, FMA(g, LOAD_N(filters[oc][ky] + v * VL, VL), LOAD_N(d, rest)), rest);
-            }
+    FOR_EACH_WINNER(image, {
+      const vf g = SET1(gradient);
+      float *dst = dst_image + corner;
+      for (int ky = 0; ky < K; ky++)
+        for (int v = 0; v < VECTORS(RUN); v++) {
+          float *d = dst + ky * W * CIN + v * VL;
+          const int rest = REST(RUN, v);
+          STORE_N(d, FMA(g, LOAD_N(filters[oc][ky] + v * VL, VL), LOAD_N(d, rest)), rest);
         }
-      }
+    })
   }
+  free(filters);
+  return 0;
 }
 """
 
@@ -215,7 +228,7 @@ def _bind(library: ctypes.CDLL) -> ctypes.CDLL:
     library.conv_weight_grad.argtypes = [pointer] * 5 + [count, threads]
     library.conv_weight_grad.restype = ctypes.c_int
     library.conv_input_grad.argtypes = [pointer] * 4 + [count, threads]
-    library.conv_input_grad.restype = None
+    library.conv_input_grad.restype = ctypes.c_int
     return library
 
 
@@ -239,8 +252,12 @@ def available() -> bool:
 
 
 def runs_on() -> str:
-    """What computes the block's gradients here: ``compiled by <compiler>`` or ``pytorch``."""
-    return f"compiled by {cbuild.compiler()[1]}" if available() else "pytorch"
+    """What computes the block's gradients here: ``compiled by <compiler's file and version>`` or
+    ``pytorch``.  (The version line without its first word, which is the name it was called by.)"""
+    if not available():
+        return "pytorch"
+    path, version = cbuild.compiler()
+    return f"compiled by {os.path.realpath(path)} {version.partition(' ')[2]}"
 
 
 def conv_pool_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -251,7 +268,8 @@ def conv_pool_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     """
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
                                               or (bias is not None and bias.requires_grad))
-    if (needs_grad and x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32 and x.dim() == 4
+    float32 = x.dtype == weight.dtype == torch.float32 and (bias is None or bias.dtype == torch.float32)
+    if (needs_grad and float32 and x.device.type == "cpu" and not torch.is_autocast_enabled("cpu") and x.dim() == 4
             and weight.shape[-1] == weight.shape[-2] and x.shape[-2] >= weight.shape[-1] + 1
             and x.shape[-1] >= weight.shape[-1] + 1):
         library = kernels(x.shape[1], weight.shape[0], weight.shape[-1], x.shape[-2], x.shape[-1])
@@ -277,7 +295,7 @@ class _ConvPoolReLU(torch.autograd.Function):
         x = _nhwc(x)
         y = _nhwc(F.conv2d(x, weight, bias))
         n, c, h, w = y.shape
-        out = torch.empty(n, c, h // 2, w // 2, memory_format=torch.channels_last)
+        out = torch.empty(n, c, h // 2, w // 2, dtype=torch.float32, memory_format=torch.channels_last)
         code = torch.empty(n, c, h // 2, w // 2, dtype=torch.uint8, memory_format=torch.channels_last)
         library.pool_relu_forward(_pointer(y), _pointer(out), _pointer(code), n, torch.get_num_threads())
         ctx.save_for_backward(x, weight, code)
@@ -293,11 +311,13 @@ class _ConvPoolReLU(torch.autograd.Function):
         grad_x = grad_weight = grad_bias = None
         if ctx.needs_input_grad[0]:
             grad_x = torch.empty_like(x, memory_format=torch.channels_last)
-            ctx.library.conv_input_grad(_pointer(grad), _pointer(code), _pointer(weight.contiguous()),
-                                        _pointer(grad_x), n, threads)
+            weight_oihw = weight.contiguous()  # held here: C reads it after _pointer returns
+            if ctx.library.conv_input_grad(_pointer(grad), _pointer(code), _pointer(weight_oihw),
+                                           _pointer(grad_x), n, threads):
+                raise MemoryError("sparsenet.conv_block: no memory for the input gradient's filter copy")
         if ctx.needs_input_grad[1] or (ctx.has_bias and ctx.needs_input_grad[2]):
             grad_weight = torch.empty_like(weight, memory_format=torch.contiguous_format)
-            grad_bias = torch.empty(weight.shape[0]) if ctx.has_bias else None
+            grad_bias = torch.empty(weight.shape[0], dtype=torch.float32) if ctx.has_bias else None
             if ctx.library.conv_weight_grad(_pointer(x), _pointer(grad), _pointer(code), _pointer(grad_weight),
                                             _pointer(grad_bias), n, threads):
                 raise MemoryError("sparsenet.conv_block: no memory for the weight gradient's partial sums")

@@ -12,8 +12,25 @@ import torch.nn.functional as F
 from sparsenet import cbuild, conv_block
 from sparsenet.models import SparseNet
 
-HAS_COMPILER = conv_block.available()
-needs_kernels = pytest.mark.skipif(not HAS_COMPILER, reason="no C compiler / AVX2 here")
+
+
+def _can_build() -> bool:
+    """A compiler and a vector extension are here (whether the kernels then build is tested)."""
+    try:
+        cbuild.compiler()
+        cbuild.choose_isa()
+    except cbuild.BuildError:
+        return False
+    return True
+
+
+needs_kernels = pytest.mark.skipif(not _can_build(), reason="no C compiler / AVX2 here")
+
+
+@needs_kernels
+def test_the_kernels_build_for_the_pipelines_layers():
+    assert conv_block.available()
+    assert conv_block.kernels(3, 6, 5, 64, 64) is not None and conv_block.kernels(6, 16, 5, 30, 30) is not None
 
 
 def reference(x, weight, bias):
@@ -40,7 +57,8 @@ def integer_case(n, cin, cout, side, seed=0):
 
 
 @needs_kernels
-@pytest.mark.parametrize("n, cin, cout, side", [(3, 3, 6, 64), (9, 6, 16, 30), (2, 3, 3, 33), (17, 1, 2, 12), (1, 2, 5, 10)])
+@pytest.mark.parametrize("n, cin, cout, side", [(3, 3, 6, 64), (9, 6, 16, 30), (2, 3, 3, 33), (17, 1, 2, 12), (1, 2, 5, 10),
+                                             (5, 17, 33, 11)])
 def test_values_and_gradients_equal_pytorch_exactly_on_exact_sums(n, cin, cout, side):
     x, weight, bias, upstream = integer_case(n, cin, cout, side)
     ties = F.conv2d(x, weight, bias).unfold(2, 2, 2).unfold(3, 2, 2).flatten(-2)
@@ -57,10 +75,13 @@ def test_gradients_match_autograd_on_real_values_in_both_memory_formats():
     weight, bias = torch.randn(16, 6, 5, 5, generator=g), torch.randn(16, generator=g)
     weight[torch.rand(weight.shape, generator=g) < 0.8] = 0.0  # a pruned layer's masked weight
     upstream = torch.randn(20, 16, 13, 13, generator=g)
-    for x in (torch.randn(20, 6, 30, 30, generator=g),
-              torch.randn(20, 6, 30, 30, generator=g).contiguous(memory_format=torch.channels_last)):
-        ours, expected = grads(conv_block.conv_pool_relu, x, weight, bias, upstream), grads(reference, x, weight, bias, upstream)
-        assert torch.equal(ours[0], expected[0])
+    x_nchw = torch.randn(20, 6, 30, 30, generator=g)
+    x_nhwc = x_nchw.contiguous(memory_format=torch.channels_last)
+    # A channels-last weight, as the pipeline's models have (.to(memory_format=channels_last)).
+    for x, w in ((x_nchw, weight), (x_nhwc, weight), (x_nhwc, weight.contiguous(memory_format=torch.channels_last))):
+        ours, expected = grads(conv_block.conv_pool_relu, x, w, bias, upstream), grads(reference, x, w, bias, upstream)
+        if x is x_nhwc:  # the same oneDNN convolution: the same values
+            assert torch.equal(ours[0], expected[0])
         for a, b in zip(ours[1:], expected[1:]):  # sums of thousands of terms, in another order
             assert (a - b).abs().max() <= 1e-5 * b.abs().max()
 
@@ -99,11 +120,11 @@ def test_same_bytes_whatever_the_thread_count():
 @needs_kernels
 def test_a_sparse_net_trains_through_the_block_and_evaluates_through_pytorch():
     torch.manual_seed(0)
-    net = SparseNet(4, 32)
+    net = SparseNet(4, 32).to(memory_format=torch.channels_last)  # as the training stages hold it
     mask = torch.rand(net.conv2.weight.shape) > 0.5
     net.conv2.set_mask(mask)
     images = torch.randn(8, 3, 32, 32).contiguous(memory_format=torch.channels_last)
-    reference_net = SparseNet(4, 32)
+    reference_net = SparseNet(4, 32).to(memory_format=torch.channels_last)
     reference_net.load_state_dict(net.state_dict())
     F.cross_entropy(net(images), torch.arange(8) % 4).backward()
     logits = images
@@ -128,29 +149,71 @@ for _ in range(2):
     F.cross_entropy(net(torch.randn(4, 3, 32, 32)), torch.tensor([0, 1, 2, 0])).backward()
 assert not conv_block.available()
 from sparsenet.pipeline.training_stage import _device_name
-print("trained", _device_name().endswith("training block: pytorch"))
+print("trained", _device_name())
 """
     env = {"PATH": "/usr/bin:/bin", "SPARSENET_CC": "no-such-cc", "SPARSENET_CACHE": str(tmp_path)}
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr
-    assert result.stdout == "trained True\n"  # a resume checkpoint from a compiled run is not resumed
+    trained, device = result.stdout.rstrip("\n").split(" ", 1)
+    assert trained == "trained" and device.endswith("training block: pytorch")
+    if _can_build():  # a resume checkpoint from the compiled path would not be taken up, nor the reverse
+        from sparsenet.pipeline.training_stage import _device_name
+
+        assert conv_block.available() and _device_name() != device
     notices = [line for line in result.stderr.splitlines() if line.startswith("sparsenet:")]
     assert len(notices) == 1 and "no-such-cc" in notices[0] and "PyTorch" in notices[0], result.stderr
 
 
 @needs_kernels
-def test_forced_avx2_build_gives_the_same_gradients(monkeypatch):
-    if "avx2" not in [isa for isa in cbuild.ISA_FLAGS if cbuild.cpu_flags() >= cbuild.ISA_FLAGS[isa][0]]:
-        pytest.skip("no AVX2")
-    x, weight, bias, upstream = integer_case(4, 6, 16, 30, seed=3)
-    library = conv_block._bind(cbuild.load(conv_block.source(6, 16, 5, 30, 30), "avx2"))
-    monkeypatch.setitem(conv_block._libraries, (6, 16, 5, 30, 30), library)
-    ours, expected = grads(conv_block.conv_pool_relu, x, weight, bias, upstream), grads(reference, x, weight, bias, upstream)
-    assert all(torch.equal(a, b) for a, b in zip(ours, expected))
+def test_avx2_and_avx512_builds_give_the_same_bytes(monkeypatch):
+    isas = [isa for isa in cbuild.ISA_FLAGS if cbuild.cpu_flags() >= cbuild.ISA_FLAGS[isa][0]]
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(12, 6, 30, 30, generator=g).contiguous(memory_format=torch.channels_last)
+    weight, bias = torch.randn(16, 6, 5, 5, generator=g), torch.randn(16, generator=g)
+    upstream = torch.randn(12, 16, 13, 13, generator=g)
+    results = {}
+    for isa in isas:
+        library = conv_block._bind(cbuild.load(conv_block.source(6, 16, 5, 30, 30), isa))
+        monkeypatch.setitem(conv_block._libraries, (6, 16, 5, 30, 30), library)
+        results[isa] = grads(conv_block.conv_pool_relu, x, weight, bias, upstream)
+    assert "avx2" in results
+    for other in results.values():
+        assert all(torch.equal(a, b) for a, b in zip(results["avx2"], other))
+    expected = grads(reference, x, weight, bias, upstream)
+    for a, b in zip(results["avx2"][1:], expected[1:]):
+        assert (a - b).abs().max() <= 1e-5 * b.abs().max()
 
 
 @needs_kernels
-def test_resume_fingerprint_names_the_compiler_that_builds_the_block():
-    from sparsenet.pipeline.training_stage import _device_name
+@pytest.mark.parametrize("needs", [(True, False, False), (False, True, False), (False, False, True), (True, True, True)])
+def test_only_the_gradients_asked_for_and_no_bias(needs):
+    x, weight, bias, upstream = integer_case(4, 6, 16, 30, seed=4)
+    for with_bias in (True, False):
+        if not with_bias and not (needs[0] or needs[1]):
+            continue
+        results = []
+        for block in (conv_block.conv_pool_relu, reference):
+            args = [t.detach().clone().requires_grad_(need) for t, need in zip((x, weight, bias), needs)]
+            if not with_bias:
+                args[2] = None
+            out = block(*args)
+            out.backward(upstream)
+            results.append([out.detach()] + [None if t is None else t.grad for t in args])
+        for a, b in zip(*results):
+            assert (a is None and b is None) or torch.equal(a, b)
 
-    assert _device_name().endswith(f"training block: compiled by {cbuild.compiler()[1]}")
+
+@needs_kernels
+def test_autocast_and_a_float64_default_dtype_fall_back_or_stay_float32():
+    x, weight, bias, upstream = integer_case(2, 3, 6, 20, seed=5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the conv would return bfloat16: PyTorch runs it
+        out = conv_block.conv_pool_relu(x.clone().requires_grad_(), weight, bias)
+        assert out.dtype == torch.bfloat16 and torch.equal(out, reference(x, weight, bias))
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        ours = grads(conv_block.conv_pool_relu, x, weight, bias, upstream)
+    finally:
+        torch.set_default_dtype(default)
+    expected = grads(reference, x, weight, bias, upstream)
+    assert all(a.dtype == torch.float32 and torch.equal(a, b) for a, b in zip(ours, expected))

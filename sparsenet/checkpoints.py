@@ -557,7 +557,7 @@ def model_kind(state: dict) -> str:
         return "SparseNet (masked)"
     if "state_dict" in state:
         return "LeNet (compact: pruned structure removed)"
-    return "SparseNet (masked)" if "conv1.mask" in state else "LeNet (dense)"
+    return "LeNet (dense)"
 
 
 # --------------------------------------------------------------------------- resume state

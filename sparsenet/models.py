@@ -86,6 +86,13 @@ class SparseLinear(_MaskedMixin, nn.Linear):
 SPARSE_LAYER_TYPES = (SparseConv2d, SparseLinear)
 
 
+def used_parameters(layer: nn.Conv2d | nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(weight, bias) as the layer's forward pass uses them: a sparse layer's masked ones."""
+    if isinstance(layer, SPARSE_LAYER_TYPES):
+        return layer.masked_weight(), layer.masked_bias()
+    return layer.weight, layer.bias
+
+
 class LeNet(nn.Module):
     """conv(3→6, k5) ReLU maxpool2 → conv(6→16, k5) ReLU maxpool2 → FC 120 → FC 84 → classes.
 
@@ -133,9 +140,7 @@ def conv_block(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     the same element) while the ReLU touches a quarter of the data.
     """
     if torch.is_grad_enabled() and x.device.type == "cpu":
-        if isinstance(conv, SparseConv2d):
-            return conv_pool_relu(x, conv.masked_weight(), conv.masked_bias())
-        return conv_pool_relu(x, conv.weight, conv.bias)
+        return conv_pool_relu(x, *used_parameters(conv))
     return F.relu(max_pool_2x2(conv(x)))
 
 

@@ -28,7 +28,7 @@ from torch import nn
 
 from sparsenet import cbuild
 from sparsenet.engine import codegen
-from sparsenet.models import LAYER_NAMES, SPARSE_LAYER_TYPES, LeNet
+from sparsenet.models import LAYER_NAMES, LeNet, used_parameters
 
 # The stages the engine times separately (milliseconds per call, see CompiledModel.layer_milliseconds).
 STAGES = ("input", "conv1", "conv2", "fc1", "fc2", "fc3")
@@ -48,11 +48,7 @@ def effective_weights(model: LeNet) -> list[tuple[np.ndarray, np.ndarray]]:
     """(weight, bias) of each layer as the forward pass uses them (a sparse layer's masked ones)."""
     layers = []
     for name in LAYER_NAMES:
-        layer = getattr(model, name)
-        if isinstance(layer, SPARSE_LAYER_TYPES):
-            weight, bias = layer.masked_weight(), layer.masked_bias()
-        else:
-            weight, bias = layer.weight, layer.bias
+        weight, bias = used_parameters(getattr(model, name))
         if bias is None:
             bias = torch.zeros(weight.shape[0])
         layers.append((weight.detach().to("cpu", torch.float32).numpy().copy(),

@@ -115,6 +115,8 @@ def library(source: str, isa: str) -> Path:
                                         timeout=600)
             except (OSError, subprocess.TimeoutExpired) as exc:
                 raise BuildError(f"{path} failed to run: {exc}") from None
+            if result.returncode == 0 and (not tmp.is_file() or tmp.stat().st_size == 0):
+                raise BuildError(f"{path} wrote an empty library (is it a C compiler?)")
             if result.returncode != 0:
                 lines = result.stderr.splitlines()
                 first = next((line for line in lines if "error" in line), lines[0] if lines else "")

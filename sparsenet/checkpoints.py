@@ -35,7 +35,7 @@ from sparsenet.models import KERNEL_SIZE, LAYER_NAMES, LeNet, SparseNet, default
 
 # What reading a foreign or crafted file's contents as a model can raise (beyond torch's own
 # errors on load): each ends as one error line naming the file.
-FOREIGN_FILE_ERRORS = (ValueError, TypeError, AttributeError, KeyError, IndexError)
+FOREIGN_FILE_ERRORS = (ValueError, TypeError, AttributeError, KeyError, IndexError, RuntimeError, OverflowError)
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
@@ -245,7 +245,7 @@ def _damaged(what: str) -> Iterator[None]:
     """Turns what a damaged or crafted entry raises into one ``ValueError`` naming the entry."""
     try:
         yield
-    except (*FOREIGN_FILE_ERRORS, RuntimeError, OverflowError) as exc:
+    except FOREIGN_FILE_ERRORS as exc:
         detail = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
         raise ValueError(f"{what}: {detail}") from None
 
@@ -283,9 +283,14 @@ def packed_checkpoint(state: dict[str, torch.Tensor], image_size: int | None = N
     return packed if image_size is None else {**packed, "image_size": image_size}
 
 
+def _is_version(value: Any, version: int) -> bool:
+    """Whether a file's ``version`` entry is ``version`` (a crafted tensor there cannot raise)."""
+    return type(value) is int and value == version
+
+
 def unpack_state(packed: dict[str, Any]) -> dict[str, torch.Tensor]:
     """The state dict :func:`packed_checkpoint` packed; ``ValueError`` naming the entry if it is damaged."""
-    if packed.get("version") != PACKED_VERSION or not isinstance(packed.get("tensors"), dict):
+    if not _is_version(packed.get("version"), PACKED_VERSION) or not isinstance(packed.get("tensors"), dict):
         raise ValueError(f"a packed checkpoint of version {packed.get('version')!r}; this release reads version "
                          f"{PACKED_VERSION}")
     entries = packed["tensors"]
@@ -419,7 +424,7 @@ def compressed_checkpoint(model: SparseNet, shared: dict[str, tuple[torch.Tensor
 
 def decompress_state(compressed: dict[str, Any]) -> dict[str, torch.Tensor]:
     """The SparseNet state dict ``models/compressed.pt`` codes; ``ValueError`` naming the part that is damaged."""
-    if compressed.get("version") != COMPRESSED_VERSION or not isinstance(compressed.get("layers"), dict):
+    if not _is_version(compressed.get("version"), COMPRESSED_VERSION) or not isinstance(compressed.get("layers"), dict):
         raise ValueError(f"a compressed checkpoint of version {compressed.get('version')!r}; this release reads "
                          f"version {COMPRESSED_VERSION}")
     blobs = {"bytes": compressed.get("bytes"), "floats": compressed.get("floats")}

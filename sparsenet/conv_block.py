@@ -37,6 +37,7 @@ from sparsenet import cbuild
 
 NO_GRADIENT = 255  # a window's code when the ReLU passes no gradient (its max is <= 0)
 IMAGES_PER_BLOCK = 8  # weight gradients are summed per block of images, then blocks in order
+MAX_FILTERS = 4096  # the pooling keeps a window's channels on the thread's stack (~100 KB at most)
 
 # The kernels for one layer shape: the #defines come first (numbers only, see `source`), so
 # every loop has a fixed trip count and unrolls into whole vectors.
@@ -270,7 +271,8 @@ def conv_pool_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
                                               or (bias is not None and bias.requires_grad))
     float32 = x.dtype == weight.dtype == torch.float32 and (bias is None or bias.dtype == torch.float32)
     if (needs_grad and float32 and x.device.type == "cpu" and not torch.is_autocast_enabled("cpu") and x.dim() == 4
-            and weight.shape[-1] == weight.shape[-2] and x.shape[-2] >= weight.shape[-1] + 1
+            and weight.shape[0] <= MAX_FILTERS and weight.shape[-1] == weight.shape[-2]
+            and x.shape[-2] >= weight.shape[-1] + 1
             and x.shape[-1] >= weight.shape[-1] + 1):
         library = kernels(x.shape[1], weight.shape[0], weight.shape[-1], x.shape[-2], x.shape[-1])
         if library is not None:

@@ -134,14 +134,23 @@ class LeNet(nn.Module):
 
 def conv_block(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """``relu(max_pool2d(conv(x), 2))``: training on CPU runs the compiled block and its backward
-    (:mod:`sparsenet.conv_block`); inference calls ``conv`` (its hooks run) and pools by maxima.
+    (:mod:`sparsenet.conv_block`); inference, and a conv with hooks, call ``conv`` and pool by maxima.
 
     Pooling before the ReLU gives the same values and gradients (both are monotone; ties go to
     the same element) while the ReLU touches a quarter of the data.
     """
-    if torch.is_grad_enabled() and x.device.type == "cpu":
+    if torch.is_grad_enabled() and x.device.type == "cpu" and _runs_as_plain_conv(conv):
         return conv_pool_relu(x, *used_parameters(conv))
     return F.relu(max_pool_2x2(conv(x)))
+
+
+def _runs_as_plain_conv(conv: nn.Conv2d) -> bool:
+    """Whether ``conv(x)`` is exactly ``conv2d(x, *used_parameters(conv))``: LeNet's geometry and
+    no hooks (``torch.nn.utils.prune`` recomputes the weight in a pre-hook; others may watch)."""
+    hooks = (conv._forward_pre_hooks or conv._forward_hooks or nn.modules.module._global_forward_pre_hooks
+             or nn.modules.module._global_forward_hooks)
+    return (not hooks and conv.stride == (1, 1) and conv.padding == (0, 0) and conv.dilation == (1, 1)
+            and conv.groups == 1 and conv.padding_mode == "zeros")
 
 
 def max_pool_2x2(x: torch.Tensor) -> torch.Tensor:

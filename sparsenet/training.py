@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import math
 import random
 import time
@@ -37,32 +35,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     torch.backends.cudnn.benchmark = False  # autotuning picks kernels by timing: not repeatable
     torch.backends.cudnn.deterministic = True
-
-
-# glibc's mallopt parameters (malloc.h) and the largest block it lets stay in the heap (32 MiB).
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-_HEAP_BLOCK_LIMIT = 32 * 1024 * 1024
-
-
-def keep_freed_memory() -> bool:
-    """Let glibc reuse freed activation buffers instead of handing them back to the kernel.
-
-    Every training step allocates and frees the same few large buffers (conv1's output is 11 MB
-    at batch 128).  By default glibc maps each block above a (dynamic) threshold fresh from the
-    kernel and unmaps it when freed, so every step pays ~1,500 page faults: 5-10 ms of system
-    time per 35 ms step here.  Serving blocks up to 32 MiB from the heap, and never trimming it,
-    removes them.  Values and results do not change.  Returns False where the C library is not
-    glibc (nothing is changed there).
-    """
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name) if name else None
-        mallopt = getattr(libc, "mallopt", None)
-    except OSError:
-        return False
-    if mallopt is None:
-        return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, _HEAP_BLOCK_LIMIT)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**30))
 
 
 @torch.no_grad()
@@ -154,7 +126,6 @@ def fit(model: nn.Module, train: BatchLoader, test: BatchLoader, epochs: int, lr
     ends exactly as an uninterrupted run would; a file with another fingerprint is ignored with
     one notice line.  The file is left for the caller to delete once its outputs are safe.
     """
-    keep_freed_memory()
     loss_fn = nn.CrossEntropyLoss()
     extra = {} if extra is None else extra
     history: list[dict] = []

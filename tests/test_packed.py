@@ -202,7 +202,11 @@ def test_inspect_reads_packed_files_at_their_input_size_and_refuses_crafted_ones
     assert "SparseNet (masked), 4 classes, input 3x66x66" in capsys.readouterr().out
     save_checkpoint(tmp_path / "resume.pt", {"history": [], "model": {5: torch.zeros(1)}})
     save_checkpoint(tmp_path / "history.pt", {"history": 3, "model": {}})
-    for crafted in ("resume.pt", "history.pt"):
+    version = {**packed_checkpoint(plain_state(net), net.image_size), "version": torch.zeros(2)}  # bool() raises
+    save_checkpoint(tmp_path / "version.pt", version)
+    with pytest.raises(SparseNetError, match="of version tensor"):
+        load_packed(tmp_path / "version.pt")
+    for crafted in ("resume.pt", "history.pt", "version.pt"):
         with pytest.raises(SparseNetError, match=crafted):
             inspect_checkpoint(tmp_path / crafted)
 

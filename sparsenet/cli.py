@@ -1,10 +1,11 @@
 """sparsenet: the pipeline's steps, checkpoint inspection and the tools.
 
-    sparsenet prepare | train-dense | prune-train | train-control | compress | evaluate | visualize
+    sparsenet prepare | train-dense | prune-train | train-control | train-small | compress | evaluate | visualize
     sparsenet inspect models/sparse.pt       # per-layer sparsity, sizes and cost of any checkpoint
     sparsenet summary                        # the current run's results
     sparsenet bench [--quick]                # benchmark ratios (python -m sparsenet.bench)
     sparsenet frontier sweep|plot            # accuracy-sparsity frontier (python -m sparsenet.frontier)
+    sparsenet sensitivity                    # each layer pruned alone: accuracy curves (plots/sensitivity.*)
 
 The step sub-commands run exactly what ``dvc repro`` runs (``stages/<step>.py`` call the same
 :func:`sparsenet.pipeline.stage.run_stage`), but outside DVC: nothing is cached or recorded.
@@ -23,8 +24,9 @@ from sparsenet.checkpoints import (FOREIGN_FILE_ERRORS, is_sparse, lenet_from_st
                                    unwrap)
 from sparsenet.errors import SparseNetError, one_line_errors
 
-STEPS = ("prepare", "train_dense", "prune_train", "train_control", "compress", "evaluate", "visualize")
-TOOLS = ("summary", "bench", "frontier")
+STEPS = ("prepare", "train_dense", "prune_train", "train_control", "train_small", "compress", "evaluate", "visualize")
+TOOLS = {"summary": "sparsenet.summary", "bench": "sparsenet.bench", "frontier": "sparsenet.frontier",
+         "sensitivity": "sparsenet.sensitivity_tool"}  # sub-command → module with its own main()
 
 
 def inspect_checkpoint(path: Path) -> None:
@@ -57,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def _main(args: list[str]) -> None:
     if args and args[0] in TOOLS:  # their own argument parsers
-        import_module(f"sparsenet.{args[0]}").main(args[1:])
+        import_module(TOOLS[args[0]]).main(args[1:])
         return
     parser = argparse.ArgumentParser(prog="sparsenet", description=__doc__.split("\n")[0],
                                      epilog=f"tools: {', '.join(TOOLS)} (sparsenet <tool> --help)")

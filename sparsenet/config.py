@@ -59,6 +59,10 @@ class PruneConfig:
     method: str = _default("prune.method")
     structure: str = _default("prune.structure")
     scope: str = _default("prune.scope")
+    criterion: str = _default("prune.criterion")
+    score_batches: int = _default("prune.score_batches")
+    allocation: str = _default("prune.allocation")
+    round_to: int = _default("prune.round_to")
     schedule: str = _default("prune.schedule")
     exclude: list = _default("prune.exclude")
     rewind: str = _default("prune.rewind")
@@ -164,6 +168,8 @@ def _check_values(cfg: Config, source: str) -> None:
     one_of("prune.method", cfg.prune.method, options.PRUNE_METHODS)
     one_of("prune.structure", cfg.prune.structure, options.PRUNE_STRUCTURES)
     one_of("prune.scope", cfg.prune.scope, options.PRUNE_SCOPES)
+    one_of("prune.criterion", cfg.prune.criterion, options.PRUNE_CRITERIA)
+    one_of("prune.allocation", cfg.prune.allocation, options.PRUNE_ALLOCATIONS)
     one_of("prune.schedule", cfg.prune.schedule, options.PRUNE_SCHEDULES)
     one_of("train.lr_schedule", cfg.train.lr_schedule, options.LR_SCHEDULES)
     one_of("prune.lr_schedule", cfg.prune.lr_schedule, options.LR_SCHEDULES)
@@ -185,9 +191,13 @@ def _check_values(cfg: Config, source: str) -> None:
         value = _get(cfg, key)
         if not low <= value < high:
             fail(key, value, f"a fraction in [{low:g}, {high:g})")
+    if cfg.prune.allocation == "sensitivity" and cfg.prune.method != "structured" and cfg.prune.scope == "global":
+        raise ConfigError(f"{source}: prune.allocation = 'sensitivity' needs prune.scope = 'layer' for "
+                          f"{cfg.prune.method} pruning (global scope shares the target by one ranking of all weights)")
     rewind = cfg.prune.rewind
     if rewind not in options.REWIND_POINTS and not (rewind.isdigit() and 1 <= int(rewind) <= cfg.train.epochs):
-        fail("prune.rewind", rewind, f"none, init or a dense epoch number 1..{cfg.train.epochs} (train.epochs)")
+        fail("prune.rewind", rewind,
+             f"none, init, reinit or a dense epoch number 1..{cfg.train.epochs} (train.epochs)")
     if rewind != "none" and cfg.prune.finetune_epochs == 0:
         raise ConfigError(f"{source}: prune.rewind = {rewind!r} needs prune.finetune_epochs >= 1: the rewind after "
                           "the last pruning round would leave the model untrained")

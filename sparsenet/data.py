@@ -543,6 +543,18 @@ class BatchLoader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.split)
         order = torch.randperm(n, generator=self.generator) if self.shuffle else None
+        return self._batches(order, n)
+
+    def sample(self, batches: int, seed: int) -> "BatchSample":
+        """``batches`` batches of images drawn at random by ``seed``: the same ones at every pass.
+
+        Leaves this loader's own order (its generator) untouched, so training goes on as it
+        would without the sample.
+        """
+        order = torch.randperm(len(self.split), generator=torch.Generator().manual_seed(seed))
+        return BatchSample(self, order[:batches * self.batch_size])
+
+    def _batches(self, order: torch.Tensor | None, n: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for start in range(0, n, self.batch_size):
             index = slice(start, start + self.batch_size) if order is None else order[start:start + self.batch_size]
             if self.normalised is not None:
@@ -554,6 +566,19 @@ class BatchLoader:
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 images → float ``(x − mean) / std``, still N×C×S×S as stored."""
         return images.float().sub_(self.mean).div_(self.std)
+
+
+class BatchSample:
+    """A fixed subset of a :class:`BatchLoader`'s split, batched the same way at every pass."""
+
+    def __init__(self, loader: BatchLoader, order: torch.Tensor) -> None:
+        self.loader, self.order = loader, order
+
+    def __len__(self) -> int:
+        return (len(self.order) + self.loader.batch_size - 1) // self.loader.batch_size
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self.loader._batches(self.order, len(self.order))
 
 
 def to_model_layout(images: torch.Tensor) -> torch.Tensor:

@@ -1,13 +1,17 @@
-"""The accuracy–sparsity frontier: queue a sweep of DVC experiments, then plot what DVC recorded.
+"""The accuracy–sparsity frontier: queue a sweep of DVC experiments over seeds, then plot what DVC recorded.
 
-    python -m sparsenet.frontier sweep          # queue methods × sparsities, run them, then plot
+    python -m sparsenet.frontier sweep          # queue methods × sparsities × seeds, run them, then plot
     python -m sparsenet.frontier plot           # plot every experiment DVC knows about
 
-``sweep`` queues ``dvc exp run --queue -S prune.method=M -S prune.sparsity=S`` for every pair
-(structured once per structure), starts the queue (``dvc queue start``) and waits for it.
-``plot`` reads the results back with ``dvc exp show --json`` — no separate tracker — and writes
-``plots/frontier.png`` (test accuracy vs sparsity, one line per method, the dense and the
-same-epochs control accuracy as references) and ``plots/frontier.csv`` (the points).
+``sweep`` queues ``dvc exp run --queue -S prune.method=M -S prune.sparsity=S -S seed=N`` for
+every point (structured once per structure and criterion) and seed, starts the queue (``dvc
+queue start``) and waits for it.  Every seed retrains everything — dense, control, the small
+model — because that is part of the variance.  ``plot`` reads the results back with ``dvc exp
+show --json`` — no separate tracker — and writes ``plots/frontier_runs.csv`` (one row per
+experiment and model: the pruned model, its small-dense baseline, the dense model and the
+control), ``plots/frontier.csv`` (one row per line and target sparsity: mean and standard
+deviation of the accuracy over the seeds, how many, the mean measured sparsity) and
+``plots/frontier.png`` (the means with ±1 standard deviation bands).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import argparse
 import csv
 import io
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -24,12 +29,16 @@ from typing import Iterator
 
 from sparsenet.errors import SparseNetError, one_line_errors
 from sparsenet.io import write_text
-from sparsenet.options import PRUNE_METHODS, PRUNE_STRUCTURES, default
+from sparsenet.options import PRUNE_CRITERIA, PRUNE_METHODS, PRUNE_STRUCTURES, default
 from sparsenet.pruning import pruned_layer_names
 
 DEFAULT_SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98)
-COLUMNS = ("experiment", "line", "method", "structure", "scope", "schedule", "exclude", "target_sparsity",
-           "sparsity", "sparsity_all_layers", "accuracy", "dense_accuracy", "control_accuracy")
+DEFAULT_SEEDS = (0, 1, 2)
+RUN_COLUMNS = ("experiment", "kind", "line", "method", "structure", "criterion", "allocation", "scope", "schedule",
+               "exclude", "seed", "target_sparsity", "sparsity", "sparsity_all_layers", "accuracy", "params")
+COLUMNS = ("kind", "line", "schedule", "target_sparsity", "sparsity_mean", "accuracy_mean", "accuracy_std", "n",
+           "seeds")
+KINDS = ("pruned", "small", "dense", "control")  # what a row measures
 
 
 def _dvc(*args: str, capture: bool = False) -> str:
@@ -41,23 +50,26 @@ def _dvc(*args: str, capture: bool = False) -> str:
     return result.stdout if capture else ""
 
 
-def sweep_points(methods: list[str], sparsities: list[float], structures: list[str]) -> list[dict[str, str]]:
-    """Every ``-S`` set of the sweep; structured pruning once per structure."""
+def sweep_points(methods: list[str], sparsities: list[float], structures: list[str],
+                 criteria: list[str] = ("l2",), seeds: list[int] = (0,)) -> list[dict[str, str]]:
+    """Every ``-S`` set of the sweep: structured pruning once per structure and criterion; each
+    point once per seed."""
     points = []
     for method in methods:
-        for structure in (structures if method == "structured" else [None]):
+        variants = ([{"prune.structure": s, "prune.criterion": c} for s in structures for c in criteria]
+                    if method == "structured" else [{}])
+        for variant in variants:
             for sparsity in sparsities:
-                point = {"prune.method": method, "prune.sparsity": f"{sparsity:g}"}
-                if structure is not None:
-                    point["prune.structure"] = structure
-                points.append(point)
+                for seed in seeds:
+                    points.append({"prune.method": method, **variant, "prune.sparsity": f"{sparsity:g}",
+                                   "seed": str(seed)})
     return points
 
 
 def queue_sweep(points: list[dict[str, str]], extra: list[str], jobs: int, poll_seconds: float = 2.0) -> None:
     """Queue every point as a DVC experiment, run the queue, wait until it is empty."""
     for point in points:
-        name = "-".join(v.replace(".", "") for v in point.values())
+        name = "-".join(v.replace(".", "") for key, v in point.items() if key != "seed") + f"-seed{point['seed']}"
         sets = [arg for key, value in point.items() for arg in ("-S", f"{key}={value}")]
         _dvc("exp", "run", "--queue", "--name", f"sweep-{name}", *sets, *[a for e in extra for a in ("-S", e)])
     _dvc("queue", "start", "--jobs", str(jobs))
@@ -74,7 +86,10 @@ def queue_sweep(points: list[dict[str, str]], extra: list[str], jobs: int, poll_
 UNFINISHED = ("queued", "running", "failed")
 # Params besides method, structure, scope and exclude that make a different line when not at
 # their default (the schedule also splits lines in the figure).
-VARIANT_KEYS = ("rewind", "epochs", "finetune_epochs", "lr", "lr_schedule")
+VARIANT_KEYS = ("rewind", "epochs", "finetune_epochs", "lr", "lr_schedule", "round_to")
+# Of those, the ones the control and the small model depend on (they do not prune).
+CONTROL_KEYS = ("epochs", "finetune_epochs", "lr", "lr_schedule")
+SMALL_KEYS = ("epochs", "finetune_epochs")
 
 
 def _entries(exp_show: list) -> Iterator[dict]:
@@ -91,7 +106,9 @@ def _entries(exp_show: list) -> Iterator[dict]:
 
 
 def collect_points(exp_show: list) -> list[dict]:
-    """One row per experiment (and baseline) with an ``evaluate.json``; duplicates dropped."""
+    """Rows of :data:`RUN_COLUMNS` for every experiment (and baseline) with an ``evaluate.json``:
+    its pruned model, and — once per seed and setting — its small-dense baseline, dense model and
+    control.  Rows repeated by baselines and the workspace are dropped."""
     rows, seen = [], set()
     for entry in _entries(exp_show):
         data = entry.get("data") or {}
@@ -104,29 +121,77 @@ def collect_points(exp_show: list) -> list[dict]:
         def param(key: str):  # a key missing from an experiment's params.yaml had its default
             return prune.get(key, default(f"prune.{key}"))
 
+        def variants(keys: tuple[str, ...]) -> str:
+            return "".join(f", {key} {param(key)}" for key in keys if param(key) != default(f"prune.{key}"))
+
         method = param("method")
-        structure = param("structure") if method == "structured" else ""
-        scope = param("scope") if method != "structured" else "layer"
+        structured = method == "structured"
+        structure = param("structure") if structured else ""
+        criterion = param("criterion") if structured else ""
+        allocation = param("allocation") if structured or param("scope") == "layer" else ""
+        scope = param("scope") if not structured else "layer"
         exclude = param("exclude") or []
-        line = f"structured ({structure})" if structure else f"{method} ({scope})"
+        settings = "".join(f", {key} {value}" for key, value in _other_settings(params))
+        line = f"structured ({structure}, {criterion})" if structured else f"{method} ({scope})"
+        line += ", sensitivity allocation" if allocation == "sensitivity" else ""
         line += f", {' '.join(exclude)} dense" if exclude else ""
-        line += "".join(f", {key} {param(key)}" for key in VARIANT_KEYS if param(key) != default(f"prune.{key}"))
-        line += "".join(f", {key} {value}" for key, value in _other_settings(params))
-        sparse = metrics["sparse"]
-        row = {
-            "experiment": entry.get("name") or data.get("rev") or entry.get("rev", ""),
-            "line": line, "method": method, "structure": structure, "scope": scope,
-            "schedule": param("schedule"), "exclude": " ".join(exclude), "target_sparsity": param("sparsity"),
-            "sparsity": _covered_sparsity(sparse, method, structure, exclude),
-            "sparsity_all_layers": sparse.get("sparsity_all_layers", sparse["sparsity"]),
-            "accuracy": sparse["accuracy"], "dense_accuracy": metrics["dense"]["accuracy"],
-            "control_accuracy": (metrics.get("control") or {}).get("accuracy"),
-        }
-        key = (line, row["schedule"], row["target_sparsity"], round(row["accuracy"], 6))
-        if key not in seen:
-            seen.add(key)
-            rows.append(row)
-    return sorted(rows, key=lambda r: (r["line"], r["sparsity"]))
+        if method == "taylor" or criterion == "taylor":
+            line += f", score_batches {param('score_batches')}" if param("score_batches") != default(
+                "prune.score_batches") else ""
+        line += variants(VARIANT_KEYS) + settings
+        sparse, dense = metrics["sparse"], metrics["dense"]
+        seed = params.get("seed", default("seed"))
+        base = {"experiment": entry.get("name") or data.get("rev") or entry.get("rev", ""), "method": method,
+                "structure": structure, "criterion": criterion, "allocation": allocation, "scope": scope,
+                "schedule": param("schedule"), "exclude": " ".join(exclude), "seed": seed,
+                "target_sparsity": param("sparsity")}
+        covered = _covered_sparsity(sparse, method, structure, exclude)
+        found = [{**base, "kind": "pruned", "line": line, "sparsity": covered,
+                  "sparsity_all_layers": sparse.get("sparsity_all_layers", sparse["sparsity"]),
+                  "accuracy": sparse["accuracy"], "params": sparse.get("nonzero_params", "")}]
+        if "small" in metrics:
+            small = metrics["small"]
+            matched = (f"widths of structured ({structure}{', sensitivity allocation' if allocation == 'sensitivity' else ''}"
+                       f"{variants(('round_to',))})" if structured else "parameters of the pruned model")
+            share = 1 - small["params"] / dense["params"] if dense.get("params") else covered
+            found.append({**base, "kind": "small", "line": f"small dense, from scratch ({matched}){variants(SMALL_KEYS)}"
+                          f"{settings}", "sparsity": share, "sparsity_all_layers": share,
+                          "accuracy": small["accuracy"], "params": small["params"]})
+        references = {"dense": (f"dense LeNet{settings}", dense),
+                      "control": (f"control: dense, same total epochs{variants(CONTROL_KEYS)}{settings}",
+                                  metrics.get("control"))}
+        for kind, (name, model) in references.items():
+            if model:
+                found.append({**base, "kind": kind, "line": name, "method": "", "structure": "", "criterion": "",
+                              "allocation": "", "scope": "", "exclude": "", "target_sparsity": 0.0, "sparsity": 0.0,
+                              "sparsity_all_layers": 0.0, "accuracy": model["accuracy"],
+                              "params": model.get("params", "")})
+        for row in found:
+            key = (row["kind"], row["line"], row["schedule"] if row["kind"] in ("pruned",) else "",
+                   row["target_sparsity"] if row["kind"] in ("pruned", "small") else 0, row["seed"],
+                   round(row["accuracy"], 6))
+            if key not in seen:
+                seen.add(key)
+                rows.append(row)
+    return sorted(rows, key=lambda r: (KINDS.index(r["kind"]), r["line"], r["sparsity"], r["seed"]))
+
+
+def aggregate(rows: list[dict]) -> list[dict]:
+    """One row of :data:`COLUMNS` per (kind, line, schedule, target sparsity): the accuracy's mean,
+    its sample standard deviation over the seeds (empty with one run) and the mean measured sparsity."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        schedule = row["schedule"] if row["kind"] == "pruned" else ""
+        groups.setdefault((row["kind"], row["line"], schedule, row["target_sparsity"]), []).append(row)
+    out = []
+    for (kind, line, schedule, target), members in groups.items():
+        accuracies = [m["accuracy"] for m in members]
+        out.append({"kind": kind, "line": line, "schedule": schedule, "target_sparsity": target,
+                    "sparsity_mean": statistics.fmean(m["sparsity"] for m in members),
+                    "accuracy_mean": statistics.fmean(accuracies),
+                    "accuracy_std": statistics.stdev(accuracies) if len(accuracies) > 1 else "",
+                    "n": len(members), "seeds": " ".join(str(m["seed"]) for m in sorted(members, key=lambda m: m["seed"]))})
+    return sorted(out, key=lambda r: (KINDS.index(r["kind"]), r["line"], r["target_sparsity"]))
 
 
 def _other_settings(params: dict) -> list[tuple[str, object]]:
@@ -156,28 +221,40 @@ def _covered_sparsity(sparse: dict, method: str, structure: str, exclude: list[s
     return sum(layer["zeros"] for layer in covered) / sum(layer["total"] for layer in covered)
 
 
-def plot_frontier(rows: list[dict], png: Path, table: Path) -> None:
-    """``png``: accuracy vs sparsity per line; ``table``: the points as CSV."""
-    if not rows:
-        raise SparseNetError("no experiment with metrics/evaluate.json found: run `dvc repro` or a sweep first")
+def _csv(rows: list[dict], columns: tuple[str, ...]) -> str:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS)
+    writer = csv.DictWriter(buffer, fieldnames=columns)
     writer.writeheader()
     writer.writerows(rows)
-    write_text(table, buffer.getvalue())
+    return buffer.getvalue()
+
+
+def plot_frontier(rows: list[dict], png: Path, table: Path, runs: Path) -> list[dict]:
+    """``runs``: every row as CSV; ``table``: the rows aggregated over seeds (:func:`aggregate`);
+    ``png``: mean accuracy vs sparsity per line with ±1 std.  Returns the aggregated rows."""
+    if not rows:
+        raise SparseNetError("no experiment with metrics/evaluate.json found: run `dvc repro` or a sweep first")
+    means = aggregate(rows)
+    write_text(runs, _csv(rows, RUN_COLUMNS))
+    write_text(table, _csv(means, COLUMNS))
 
     from sparsenet.plots import frontier_figure
 
-    frontier_figure(rows, png)
+    frontier_figure(means, png)
+    return means
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m sparsenet.frontier", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    sweep = sub.add_parser("sweep", help="queue and run methods × sparsities, then plot")
+    sweep = sub.add_parser("sweep", help="queue and run methods × sparsities × seeds, then plot")
     sweep.add_argument("--methods", nargs="+", default=list(PRUNE_METHODS), choices=PRUNE_METHODS)
     sweep.add_argument("--sparsities", nargs="+", type=float, default=list(DEFAULT_SPARSITIES))
     sweep.add_argument("--structures", nargs="+", default=[default("prune.structure")], choices=PRUNE_STRUCTURES)
+    sweep.add_argument("--criteria", nargs="+", default=list(PRUNE_CRITERIA), choices=PRUNE_CRITERIA,
+                       help="how structured pruning ranks filters / channels (default: %(default)s)")
+    sweep.add_argument("--seeds", nargs="+", type=int, default=list(DEFAULT_SEEDS),
+                       help="every point runs once per seed (default: %(default)s)")
     sweep.add_argument("--jobs", type=int, default=1, help="parallel queue workers (default 1: training "
                        "already uses every core)")
     sweep.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
@@ -188,19 +265,24 @@ def main(argv: list[str] | None = None) -> None:
     sub.choices["plot"].add_argument("--rev", help="experiments based on this commit (default: HEAD)")
     for p in (sweep, sub.choices["plot"]):
         p.add_argument("--png", type=Path, default=Path("plots/frontier.png"))
-        p.add_argument("--csv", type=Path, default=Path("plots/frontier.csv"))
+        p.add_argument("--csv", type=Path, default=Path("plots/frontier.csv"), help="mean ± std per point")
+        p.add_argument("--runs-csv", type=Path, default=Path("plots/frontier_runs.csv"), help="one row per run")
     args = parser.parse_args(argv)
     with one_line_errors():
         if args.command == "sweep":
             bad = [s for s in args.sparsities if not 0 <= s < 1]
             if bad:
                 raise SparseNetError(f"--sparsities {bad} not allowed; expected fractions in [0, 1)")
-            queue_sweep(sweep_points(args.methods, args.sparsities, args.structures), args.extra, args.jobs)
+            bad_seeds = [s for s in args.seeds if not 0 <= s < 2**32]
+            if bad_seeds or len(set(args.seeds)) != len(args.seeds):
+                raise SparseNetError(f"--seeds {args.seeds} not allowed; expected distinct integers in 0..{2**32 - 1}")
+            queue_sweep(sweep_points(args.methods, args.sparsities, args.structures, args.criteria, args.seeds),
+                        args.extra, args.jobs)
         show = ["exp", "show", "--json"] + (["--all-commits"] if getattr(args, "all_commits", False) else [])
         show += ["--rev", args.rev] if getattr(args, "rev", None) else []
         rows = collect_points(json.loads(_dvc(*show, capture=True)))
-        plot_frontier(rows, args.png, args.csv)
-    print(f"{len(rows)} points -> {args.png}, {args.csv}")
+        means = plot_frontier(rows, args.png, args.csv, args.runs_csv)
+    print(f"{len(rows)} runs, {len(means)} points -> {args.png}, {args.csv}, {args.runs_csv}")
 
 
 if __name__ == "__main__":

@@ -214,6 +214,18 @@ class SparseNet(LeNet):
         self.apply_masks()
 
 
+def initial_state(model: LeNet, seed: int) -> dict[str, torch.Tensor]:
+    """Weights and biases of a freshly initialised LeNet shaped like ``model``, drawn by ``seed``.
+
+    PyTorch's default initialisation (what ``train_dense`` starts from), from a generator of its
+    own: the global random state is left as it was.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        fresh = LeNet(model.num_classes, model.image_size, model.in_channels, model.widths)
+    return {name: param.detach() for name, param in fresh.named_parameters()}
+
+
 def sparse_layers(model: nn.Module) -> Iterator[tuple[str, SparseConv2d | SparseLinear]]:
     """(name, module) of every sparse layer of any model, in registration order."""
     for name, module in model.named_modules():

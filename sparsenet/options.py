@@ -8,12 +8,14 @@ from __future__ import annotations
 
 DATA_SOURCES = ("fashion-mnist", "folder", "synthetic")
 LR_SCHEDULES = ("constant", "cosine")
-PRUNE_METHODS = ("magnitude", "random", "structured")
+PRUNE_METHODS = ("magnitude", "random", "taylor", "structured")
+PRUNE_CRITERIA = ("l2", "taylor")  # how structured pruning ranks filters / channels
+PRUNE_ALLOCATIONS = ("uniform", "sensitivity")  # how structured pruning shares the target among layers
 PRUNE_STRUCTURES = ("filters", "channels")
 PRUNE_SCOPES = ("layer", "global")
 PRUNE_SCHEDULES = ("constant", "linear", "cubic")
 LAYER_NAMES = ("conv1", "conv2", "fc1", "fc2", "fc3")  # LeNet's weight layers, input to output
-REWIND_POINTS = ("none", "init")  # or a dense epoch number 1..train.epochs
+REWIND_POINTS = ("none", "init", "reinit")  # or a dense epoch number 1..train.epochs
 # The layer each structure never prunes: removing the classifier's filters would remove classes,
 # removing conv1's input channels would remove the image's colours.
 STRUCTURE_KEEPS = {"filters": "fc3", "channels": "conv1"}
@@ -34,6 +36,10 @@ DEFAULTS: dict = {
         "method": "magnitude",
         "structure": "filters",
         "scope": "global",
+        "criterion": "l2",
+        "score_batches": 16,
+        "allocation": "uniform",
+        "round_to": 1,
         "schedule": "cubic",
         "exclude": [],
         "rewind": "none",
@@ -58,6 +64,8 @@ INT_RANGES: dict[str, tuple[int, int]] = {
     "train.batch_size": (1, 65536),
     "prune.epochs": (1, 1000),
     "prune.finetune_epochs": (0, 1000),
+    "prune.score_batches": (1, 100_000),  # training batches the Taylor scores are summed over
+    "prune.round_to": (1, 4096),
     "compress.conv_bits": (1, 8),  # codes are stored one byte each before Huffman coding
     "compress.fc_bits": (1, 8),
     "compress.epochs": (0, 1000),

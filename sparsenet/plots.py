@@ -146,20 +146,46 @@ def conv1_filters(dense: LeNet, sparse: LeNet, path: Path, method: str) -> Path:
     return _save(fig, path)
 
 
-def frontier_figure(rows: list[dict], path: Path) -> Path:
-    """Test accuracy vs measured sparsity, one line per method; dense and control accuracy as references."""
+def frontier_figure(means: list[dict], path: Path) -> Path:
+    """Mean test accuracy vs measured sparsity, one line per method and one per small-dense
+    baseline, shaded ±1 standard deviation over the seeds; the dense model and the control as
+    horizontal references with their bands.  ``means``: :func:`sparsenet.frontier.aggregate`'s rows."""
+    frame = pd.DataFrame(means)
+    frame["accuracy_std"] = pd.to_numeric(frame["accuracy_std"], errors="coerce").fillna(0.0)
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    curves = frame[frame["kind"].isin(["pruned", "small"])]
+    several_schedules = curves.loc[curves["kind"] == "pruned", "schedule"].nunique() > 1
+    for index, ((kind, line, schedule), group) in enumerate(curves.groupby(["kind", "line", "schedule"], sort=True)):
+        group = group.sort_values("sparsity_mean")
+        x, y, err = 100 * group["sparsity_mean"], 100 * group["accuracy_mean"], 100 * group["accuracy_std"]
+        label = f"{line}, {schedule}" if several_schedules and schedule else line
+        style = "s--" if kind == "small" else "o-"
+        (drawn,) = ax.plot(x, y, style, label=f"{label} (n={int(group['n'].max())})", color=f"C{index % 10}")
+        ax.fill_between(x, y - err, y + err, color=drawn.get_color(), alpha=0.15, linewidth=0)
+    for (kind, line), group in frame[frame["kind"].isin(["dense", "control"])].groupby(["kind", "line"]):
+        mean, std = 100 * group["accuracy_mean"].mean(), 100 * group["accuracy_std"].max()
+        color, style = ("grey", "--") if kind == "dense" else ("k", ":")
+        ax.axhline(mean, color=color, ls=style, label=f"{line} ({mean:.2f} ± {std:.2f}%)")
+        if std > 0:
+            ax.axhspan(mean - std, mean + std, color=color, alpha=0.08, linewidth=0)
+    ax.set(xlabel="sparsity: pruned fraction of the weights the target covers (%; small dense: fewer parameters)",
+           ylabel="test accuracy (%), mean ± 1 std over seeds", title="Accuracy–sparsity frontier")
+    ax.legend(fontsize=7, loc="lower left")
+    return _save(fig, path)
+
+
+def sensitivity_figure(rows: list[dict], path: Path) -> Path:
+    """Test accuracy with one layer pruned alone, per layer (:func:`sparsenet.sensitivity.measure`'s rows)."""
     frame = pd.DataFrame(rows)
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for (line, schedule), group in frame.groupby(["line", "schedule"]):
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for layer, group in frame.groupby("layer", sort=False):
         group = group.sort_values("sparsity")
-        label = line if frame["schedule"].nunique() == 1 else f"{line}, {schedule}"
-        ax.plot(100 * group["sparsity"], 100 * group["accuracy"], "o-", label=label)
-    dense = frame["dense_accuracy"].median()
-    ax.axhline(100 * dense, color="grey", ls="--", label=f"dense LeNet ({100 * dense:.2f}%)")
-    control = pd.to_numeric(frame["control_accuracy"], errors="coerce").median()
-    if control == control:  # not NaN: runs with a train_control stage
-        ax.axhline(100 * control, color="k", ls=":", label=f"dense, same total epochs ({100 * control:.2f}%)")
-    ax.set(xlabel="sparsity: pruned fraction of the weights the target covers (%)", ylabel="test accuracy (%)",
-           title="Accuracy–sparsity frontier")
-    ax.legend(fontsize=9)
+        weights = int(group["weights"].iloc[0])
+        ax.plot(100 * group["sparsity"], 100 * group["accuracy"], "o-", label=f"{layer} ({weights:,} weights)")
+    base = frame.loc[frame["sparsity"] == 0, "accuracy"]
+    if len(base):
+        ax.axhline(100 * base.iloc[0], color="grey", ls="--", label=f"unpruned ({100 * base.iloc[0]:.2f}%)")
+    ax.set(xlabel="share of the layer pruned (%)", ylabel="test accuracy (%)",
+           title="Per-layer sensitivity: one layer pruned at a time, no retraining")
+    ax.legend(fontsize=8)
     return _save(fig, path)

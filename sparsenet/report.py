@@ -10,6 +10,7 @@ from sparsenet.io import write_text
 MODEL_ROWS = (
     ("dense", "dense LeNet (train_dense)"),
     ("control", "control: dense, same total epochs, no pruning (train_control)"),
+    ("small", "small dense: as large as the pruned model, from scratch, same total epochs (train_small)"),
     ("sparse", "pruned SparseNet (prune_train)"),
     ("compact", "compact: pruned structure removed (prune_train)"),
     ("compressed", "compressed: shared weights, Huffman-coded (compress)"),
@@ -24,7 +25,13 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 def write_report(cfg: Config, metrics: dict, speed: dict, figures: list[Path], out: Path) -> Path:
     """Write the Markdown report to ``out``; figure links are relative to its folder."""
     p = cfg.prune
-    how = f"{p.structure}" if p.method == "structured" else f"{p.scope} scope"
+    how = f"{p.structure} by {p.criterion}" if p.method == "structured" else f"{p.scope} scope"
+    if p.allocation != "uniform":
+        how += f", {p.allocation} allocation"
+    if p.method == "structured" and p.round_to > 1:
+        how += f", widths rounded to {p.round_to}"
+    if p.method == "taylor" or (p.method == "structured" and p.criterion == "taylor"):
+        how += f", Taylor scores over {p.score_batches} batches"
     sparse = metrics["sparse"]
     lines = [
         f"# SparseNet run: {p.method} pruning ({how}), target sparsity {p.sparsity:g}",
@@ -42,7 +49,9 @@ def write_report(cfg: Config, metrics: dict, speed: dict, figures: list[Path], o
         f"{sparse['sparsity_all_layers']:.2%} of all weights): "
         f"{-sparse['accuracy_drop'] * 100:+.2f} points vs the dense model, "
         f"{-sparse['accuracy_drop_vs_control'] * 100:+.2f} vs the control (dense, trained for as many "
-        "epochs in total).",
+        "epochs in total)"
+        + (f", {-sparse['accuracy_drop_vs_small'] * 100:+.2f} vs a small dense LeNet of the same size "
+           f"(widths {metrics['small']['widths']}) trained from scratch." if "small" in metrics else "."),
         "",
         "## Models",
         "",

@@ -17,7 +17,7 @@ def test_missing_keys_take_defaults():
 
 
 @pytest.mark.parametrize("raw,words", [
-    ({"prune": {"method": "lottery"}}, ["prune.method", "'lottery'", "magnitude, random, structured"]),
+    ({"prune": {"method": "lottery"}}, ["prune.method", "'lottery'", "magnitude, random, taylor, structured"]),
     ({"prune": {"sparsity": 1.0}}, ["prune.sparsity", "1.0", "[0, 1)"]),
     ({"prune": {"sparsity": -0.1}}, ["prune.sparsity", "[0, 1)"]),
     ({"prune": {"structure": "rows"}}, ["prune.structure", "filters, channels"]),
@@ -48,6 +48,12 @@ def test_missing_keys_take_defaults():
     ({"extra": 1}, ["extra", "unknown", "seed, data, train, prune"]),
     ({"prune": {"exclude": ["fc9"]}}, ["prune.exclude", "'fc9'", "conv1, conv2, fc1, fc2, fc3"]),
     ({"prune": {"exclude": "fc3"}}, ["prune.exclude", "list"]),
+    ({"prune": {"criterion": "l1"}}, ["prune.criterion", "'l1'", "l2, taylor"]),
+    ({"prune": {"allocation": "greedy"}}, ["prune.allocation", "'greedy'", "uniform, sensitivity"]),
+    ({"prune": {"score_batches": 0}}, ["prune.score_batches", "1..100000"]),
+    ({"prune": {"round_to": 0}}, ["prune.round_to", "1..4096"]),
+    ({"prune": {"method": "magnitude", "scope": "global", "allocation": "sensitivity"}},
+     ["prune.allocation = 'sensitivity' needs prune.scope = 'layer'", "magnitude"]),
     ({"prune": {"method": "structured", "exclude": ["conv1", "conv2", "fc1", "fc2"]}},
      ["prune.exclude", "at least one layer", "structured filters never prunes fc3"]),
     ({"prune": {"method": "structured", "structure": "channels", "exclude": ["conv2", "fc1", "fc2", "fc3"]}},

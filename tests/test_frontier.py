@@ -1,6 +1,12 @@
 """Reading the frontier back from `dvc exp show --json` (the shape DVC 3 prints)."""
 
-from sparsenet.frontier import collect_points, sweep_points
+import pytest
+
+from sparsenet.frontier import aggregate, collect_points, sweep_points
+
+
+def pruned(rows: list[dict]) -> list[dict]:
+    return [row for row in rows if row["kind"] == "pruned"]
 
 
 def _rev(name: str, method: str, sparsity: float, accuracy: float) -> dict:
@@ -27,16 +33,19 @@ def test_unfinished_experiments_are_left_out_and_the_baseline_is_not_repeated():
                 _experiment("queued", _rev("sweep-random-095", "random", 0.95, 0.9121)),
                 _experiment("failed", _rev("sweep-random-098", "random", 0.98, 0.5)),
             ]}]
-    rows = collect_points(show)
+    rows = pruned(collect_points(show))
     assert [(r["experiment"], r["line"], r["accuracy"]) for r in rows] == [
         ("sweep-magnitude-095", "magnitude (global)", 0.9121), ("by-hand", "random (global)", 0.90)]
-    assert rows[0]["control_accuracy"] == 0.914 and rows[0]["dense_accuracy"] == 0.91
+    references = [(r["kind"], r["accuracy"]) for r in collect_points(show) if r["kind"] != "pruned"]
+    assert references == [("dense", 0.91), ("control", 0.914)]  # one seed: listed once
 
 
-def test_sweep_points_cover_methods_and_structures():
-    points = sweep_points(["magnitude", "structured"], [0.5, 0.9], ["filters", "channels"])
-    assert len(points) == 2 + 4
-    assert {"prune.method": "structured", "prune.sparsity": "0.9", "prune.structure": "channels"} in points
+def test_sweep_points_cover_methods_structures_criteria_and_seeds():
+    points = sweep_points(["magnitude", "structured"], [0.5, 0.9], ["filters", "channels"], ["l2", "taylor"], [0, 1, 2])
+    assert len(points) == (2 + 2 * 2 * 2) * 3
+    assert {"prune.method": "structured", "prune.structure": "channels", "prune.criterion": "taylor",
+            "prune.sparsity": "0.9", "seed": "2"} in points
+    assert len({tuple(sorted(p.items())) for p in points}) == len(points)
 
 
 def test_keys_missing_from_an_experiments_params_take_the_configs_defaults():
@@ -44,7 +53,7 @@ def test_keys_missing_from_an_experiments_params_take_the_configs_defaults():
 
     rev = _rev("old-exp", "magnitude", 0.9, 0.9)
     del rev["data"]["params"]["params.yaml"]["data"]["prune"]["schedule"]  # params.yaml without the key
-    (row,) = collect_points([{"rev": "workspace", "data": rev["data"], "experiments": None}])
+    (row,) = pruned(collect_points([{"rev": "workspace", "data": rev["data"], "experiments": None}]))
     assert row["schedule"] == PruneConfig().schedule == "cubic"
     assert row["scope"] == PruneConfig().scope and row["line"] == "magnitude (global)"
 
@@ -54,7 +63,7 @@ def test_rows_carry_the_sparsity_over_covered_and_over_all_layers():
     rev["data"]["params"]["params.yaml"]["data"]["prune"]["exclude"] = ["fc1"]
     sparse = rev["data"]["metrics"]["metrics/evaluate.json"]["data"]["sparse"]
     sparse["sparsity_all_layers"] = 0.2
-    (row,) = collect_points([{"rev": "workspace", "data": rev["data"], "experiments": None}])
+    (row,) = pruned(collect_points([{"rev": "workspace", "data": rev["data"], "experiments": None}]))
     assert (row["sparsity"], row["sparsity_all_layers"]) == (0.9, 0.2)
     assert row["line"] == "magnitude (global), fc1 dense" and row["exclude"] == "fc1"
 
@@ -63,7 +72,7 @@ def test_runs_that_differ_beyond_method_and_sparsity_are_separate_lines():
     plain = _rev("plain", "magnitude", 0.9, 0.90)
     rewound = _rev("rewound", "magnitude", 0.9, 0.85)
     rewound["data"]["params"]["params.yaml"]["data"]["prune"].update({"rewind": "init", "epochs": 5})
-    rows = collect_points([{**plain, "experiments": [_experiment("success", rewound)]}])
+    rows = pruned(collect_points([{**plain, "experiments": [_experiment("success", rewound)]}]))
     assert sorted(row["line"] for row in rows) == ["magnitude (global)", "magnitude (global), rewind init, epochs 5"]
 
 
@@ -75,7 +84,7 @@ def test_older_experiments_get_their_covered_sparsity_from_the_layer_counts():
         "layers": {"conv1": {"zeros": 225, "total": 450}, "conv2": {"zeros": 1200, "total": 2400},
                    "fc1": {"zeros": 24000, "total": 48000}, "fc2": {"zeros": 5040, "total": 10080},
                    "fc3": {"zeros": 0, "total": 840}}}
-    (row,) = collect_points([{"rev": "workspace", "data": old["data"], "experiments": None}])
+    (row,) = pruned(collect_points([{"rev": "workspace", "data": old["data"], "experiments": None}]))
     assert row["sparsity"] == 0.5 and row["sparsity_all_layers"] == 0.49
 
 
@@ -85,7 +94,53 @@ def test_runs_on_other_data_or_dense_training_are_separate_lines_and_seeds_are_n
     small["data"]["params"]["params.yaml"]["data"].update({"data": {"image_size": 32}, "train": {"epochs": 1}})
     seed = _rev("seed1", "magnitude", 0.9, 0.89)
     seed["data"]["params"]["params.yaml"]["data"]["seed"] = 1
-    rows = collect_points([{**plain, "experiments": [_experiment("success", small), _experiment("success", seed)]}])
+    rows = pruned(collect_points([{**plain, "experiments": [_experiment("success", small),
+                                                             _experiment("success", seed)]}]))
     lines = {row["experiment"]: row["line"] for row in rows}
     assert lines == {"plain": "magnitude (global)", "seed1": "magnitude (global)",
                      "img32": "magnitude (global), train.epochs 1, data.image_size 32"}
+
+
+def _seeded(name: str, method: str, sparsity: float, seed: int, accuracy: float, small: float, dense: float) -> dict:
+    rev = _rev(name, method, sparsity, accuracy)
+    rev["data"]["params"]["params.yaml"]["data"]["seed"] = seed
+    metrics = rev["data"]["metrics"]["metrics/evaluate.json"]["data"]
+    metrics["dense"] = {"accuracy": dense, "params": 1000}
+    metrics["control"] = {"accuracy": dense + 0.01}
+    metrics["small"] = {"accuracy": small, "params": 100, "widths": [1, 2, 3, 4]}
+    return rev
+
+
+def test_seeds_are_aggregated_into_mean_std_and_count():
+    revs = [_seeded(f"mag-s{seed}", "magnitude", 0.9, seed, acc, small, dense)
+            for seed, acc, small, dense in [(0, 0.90, 0.80, 0.91), (1, 0.92, 0.82, 0.93), (2, 0.94, 0.84, 0.95)]]
+    # random at the same sparsity and seed trains the very same small model: listed once per seed
+    revs += [_seeded(f"rnd-s{seed}", "random", 0.9, seed, 0.5, small, dense)
+             for seed, small, dense in [(0, 0.80, 0.91), (1, 0.82, 0.93), (2, 0.84, 0.95)]]
+    rows = collect_points([{"rev": "base", "data": {}, "experiments": [_experiment("success", r) for r in revs]}])
+    assert sum(r["kind"] == "small" for r in rows) == 3 and sum(r["kind"] == "dense" for r in rows) == 3
+    means = {(m["kind"], m["line"]): m for m in aggregate(rows)}
+    magnitude = means[("pruned", "magnitude (global)")]
+    assert magnitude["accuracy_mean"] == pytest.approx(0.92) and magnitude["accuracy_std"] == pytest.approx(0.02)
+    assert magnitude["n"] == 3 and magnitude["seeds"] == "0 1 2" and magnitude["target_sparsity"] == 0.9
+    small = means[("small", "small dense, from scratch (parameters of the pruned model)")]
+    assert small["accuracy_mean"] == pytest.approx(0.82) and small["n"] == 3
+    assert small["sparsity_mean"] == pytest.approx(0.9)  # 100 of the dense model's 1000 parameters
+    assert means[("control", "control: dense, same total epochs")]["accuracy_mean"] == pytest.approx(0.94)
+    assert means[("dense", "dense LeNet")]["accuracy_std"] == pytest.approx(0.02)
+
+
+def test_a_single_run_has_no_standard_deviation():
+    rows = collect_points([{"rev": "base", "data": {}, "experiments": [
+        _experiment("success", _seeded("one", "magnitude", 0.9, 0, 0.9, 0.8, 0.91))]}])
+    (magnitude,) = [m for m in aggregate(rows) if m["kind"] == "pruned"]
+    assert magnitude["n"] == 1 and magnitude["accuracy_std"] == ""
+
+
+def test_structured_lines_name_their_criterion_and_allocation():
+    plain = _rev("l2", "structured", 0.5, 0.9)
+    taylor = _rev("taylor", "structured", 0.5, 0.9)
+    taylor["data"]["params"]["params.yaml"]["data"]["prune"].update(
+        {"criterion": "taylor", "allocation": "sensitivity", "round_to": 8})
+    lines = sorted(r["line"] for r in pruned(collect_points([{**plain, "experiments": [_experiment("success", taylor)]}])))
+    assert lines == ["structured (filters, l2)", "structured (filters, taylor), sensitivity allocation, round_to 8"]

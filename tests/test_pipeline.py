@@ -112,7 +112,8 @@ def test_repro_again_is_a_no_op_and_the_summary_reads_the_results(project):
     stamps = [path.stat().st_mtime_ns for path in outputs]
     again = run(dvc("repro"), root, env)
     assert "Running stage" not in again.stdout
-    for stage in ("prepare", "train_dense", "prune_train", "train_control", "compress", "evaluate", "visualize"):
+    for stage in ("prepare", "train_dense", "prune_train", "train_control", "train_small", "compress", "evaluate",
+                  "visualize"):
         # not "is cached - skipping run, checking out outputs": a run-cache restore is no no-op
         assert f"Stage '{stage}' didn't change, skipping" in again.stdout, stage
     assert "is cached" not in again.stdout
@@ -126,13 +127,18 @@ def test_repro_again_is_a_no_op_and_the_summary_reads_the_results(project):
 
 def test_repro_runs_every_stage_and_writes_metrics(project):
     root, _, repro, _ = project
-    for stage in ("prepare", "train_dense", "prune_train", "train_control", "compress", "evaluate", "visualize"):
+    for stage in ("prepare", "train_dense", "prune_train", "train_control", "train_small", "compress", "evaluate",
+                  "visualize"):
         assert f"Running stage '{stage}'" in repro.stdout
     metrics = json.loads((root / "metrics" / "evaluate.json").read_text())
     assert 0.25 < metrics["dense"]["accuracy"] <= 1.0
     assert 0.25 < metrics["control"]["accuracy"] <= 1.0
     assert metrics["sparse"]["accuracy_drop_vs_control"] == pytest.approx(
         metrics["control"]["accuracy"] - metrics["sparse"]["accuracy"])
+    small = metrics["small"]  # magnitude pruning: a LeNet as large as the pruned model's non-zero parameters
+    assert 0.25 < small["accuracy"] <= 1.0 and small["widths"] != [6, 16, 120, 84]
+    assert abs(small["params"] - metrics["sparse"]["nonzero_params"]) <= 0.1 * metrics["sparse"]["nonzero_params"]
+    assert metrics["sparse"]["accuracy_drop_vs_small"] == pytest.approx(small["accuracy"] - metrics["sparse"]["accuracy"])
     assert 0.0 <= metrics["sparse"]["accuracy"] <= 1.0
     assert set(metrics["sparse"]["layers"]) == {"conv1", "conv2", "fc1", "fc2", "fc3"}
     for name, layer in metrics["sparse"]["layers"].items():
@@ -173,6 +179,9 @@ def test_repro_writes_checkpoints_logs_and_plots(project):
     assert report["train_images"] == 256 and report["skipped_count"] == 0
     control_log = root / "logs" / "train_control" / "plots" / "metrics" / "test" / "accuracy.tsv"
     assert len(control_log.read_text().splitlines()) == 1 + SMALL["prune"]["epochs"] + SMALL["prune"]["finetune_epochs"]
+    small_log = root / "logs" / "train_small" / "plots" / "metrics" / "test" / "accuracy.tsv"
+    assert len(small_log.read_text().splitlines()) == (
+        1 + SMALL["train"]["epochs"] + SMALL["prune"]["epochs"] + SMALL["prune"]["finetune_epochs"])
     assert not (root / ".sparsenet" / "resume").exists() or not any((root / ".sparsenet" / "resume").iterdir())
 
 
@@ -239,6 +248,15 @@ def test_cli_runs_the_same_steps_and_inspects_checkpoints(project, tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"junk")
     bad = run([cli, "inspect", str(tmp_path / "junk.pt")], root, env, check=False)
     assert bad.returncode == 2 and bad.stderr.startswith("error: ") and len(bad.stderr.splitlines()) == 1
+    figure, table = tmp_path / "sensitivity.png", tmp_path / "sensitivity.csv"
+    probe = run([cli, "sensitivity", "--sparsities", "0.5", "0.9", "--png", str(figure), "--csv", str(table)], root, env)
+    assert "conv1 at 0.90" in probe.stdout and figure.read_bytes()[:4] == b"\x89PNG"
+    with open(table) as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(r["layer"], r["sparsity"]) for r in rows[:3]] == [("conv1", "0.0"), ("conv1", "0.5"), ("conv1", "0.9")]
+    assert len(rows) == 5 * 3 and all(float(r["drop"]) == 0 for r in rows if r["sparsity"] == "0.0")
+    dense_accuracy = json.loads(before)["dense"]["accuracy"]
+    assert all(float(r["accuracy"]) == pytest.approx(dense_accuracy) for r in rows if r["sparsity"] == "0.0")
 
 
 def test_prune_train_logs_only_what_each_epoch_measured(project):
@@ -257,7 +275,7 @@ def test_exp_run_reruns_only_the_stages_that_read_prune_params(project):
     assert "Running stage 'prepare'" not in exp.stdout
     assert "Running stage 'train_dense'" not in exp.stdout
     assert "Running stage 'train_control'" not in exp.stdout
-    for stage in ("prune_train", "compress", "evaluate", "visualize"):
+    for stage in ("prune_train", "train_small", "compress", "evaluate", "visualize"):
         assert f"Running stage '{stage}'" in exp.stdout
     diff = json.loads(run(dvc("metrics", "diff", "--all", "--json"), root, env).stdout)
     sparse_accuracy = diff["metrics/evaluate.json"]["sparse.accuracy"]
@@ -281,7 +299,7 @@ def test_bad_param_stops_a_stage_with_one_line(tmp_path):
     result = run([sys.executable, "-m", "stages.prune_train"], tmp_path, env, check=False)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "error: params.yaml: prune.method = 'lottery' is not allowed; expected one of: magnitude, random, structured"]
+        "error: params.yaml: prune.method = 'lottery' is not allowed; expected one of: magnitude, random, taylor, structured"]
 
 
 def test_a_stage_runs_the_package_of_the_checkout_it_runs_in(tmp_path):
@@ -332,21 +350,32 @@ def test_folder_source_reruns_prepare_when_images_are_added_and_never_touches_th
     assert del_new == before, "dvc repro must never modify the user's images"
 
 
-def test_frontier_sweep_queues_experiments_and_plots_them(tmp_path):
+def test_frontier_sweep_runs_every_point_per_seed_and_aggregates(tmp_path):
     env = make_project(tmp_path, merged(SMALL, {"prune": {"epochs": 1, "finetune_epochs": 0}}))
     run(dvc("repro"), tmp_path, env)
     run(["git", "add", "-A"], tmp_path, env)
     run(["git", "commit", "-qm", "baseline"], tmp_path, env)
-    # two points, the least that shows a sweep (test_frontier checks the grid of points itself)
-    sweep = run([sys.executable, "-m", "sparsenet.frontier", "sweep", "--methods", "magnitude", "random",
-                 "--sparsities", "0.8"], tmp_path, env)
+    # one point, two seeds: the least that shows replicates (test_frontier checks the grid itself)
+    sweep = run([sys.executable, "-m", "sparsenet.frontier", "sweep", "--methods", "magnitude", "--sparsities",
+                 "0.8", "--seeds", "0", "1"], tmp_path, env)
     assert "points -> plots/frontier.png" in sweep.stdout
+    with open(tmp_path / "plots" / "frontier_runs.csv") as fh:
+        runs = list(csv.DictReader(fh))
+    swept = {(r["kind"], r["experiment"], r["seed"]) for r in runs if r["experiment"].startswith("sweep-")}
+    assert {(kind, seed) for kind, _, seed in swept} == {(kind, seed) for kind in ("pruned", "small", "dense", "control")
+                                                         for seed in ("0", "1")}
+    pruned = [r for r in runs if r["kind"] == "pruned"]
+    assert len(pruned) == 2, "the baseline repeats seed 0's experiment: listed once"
+    assert all(abs(float(r["sparsity"]) - 0.8) < 0.01 for r in pruned)
+    assert pruned[0]["accuracy"] != pruned[1]["accuracy"] or pruned[0]["experiment"] != pruned[1]["experiment"]
     with open(tmp_path / "plots" / "frontier.csv") as fh:
-        rows = list(csv.DictReader(fh))
-    swept = {(r["method"], float(r["target_sparsity"])) for r in rows if r["experiment"].startswith("sweep-")}
-    assert swept == {("magnitude", 0.8), ("random", 0.8)}
-    for row in rows:
-        assert abs(float(row["sparsity"]) - float(row["target_sparsity"])) < 0.01
+        means = {(r["kind"], r["target_sparsity"]): r for r in csv.DictReader(fh)}
+    point = means[("pruned", "0.8")]
+    accuracies = [float(r["accuracy"]) for r in pruned]
+    assert point["n"] == "2" and point["seeds"] == "0 1"
+    assert float(point["accuracy_mean"]) == pytest.approx(sum(accuracies) / 2)
+    assert float(point["accuracy_std"]) == pytest.approx(abs(accuracies[0] - accuracies[1]) / 2 ** 0.5)
+    assert means[("dense", "0.0")]["n"] == "2" and means[("small", "0.8")]["n"] == "2"
     assert (tmp_path / "plots" / "frontier.png").read_bytes()[:4] == b"\x89PNG"
 
 

@@ -129,7 +129,7 @@ def test_structured_channel_masks_equal_torch_ln_structured_on_inputs(kind):
 
 
 def test_unknown_method_is_refused(sparse):
-    with pytest.raises(ValueError, match="magnitude, random, structured"):
+    with pytest.raises(ValueError, match="magnitude, random, taylor, structured"):
         prune_model(sparse, "lottery", 0.5)
 
 

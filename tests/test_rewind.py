@@ -10,9 +10,9 @@ from sparsenet.config import ConfigError, config_from_dict
 from sparsenet.data import BatchLoader, make_synthetic, save_prepared
 from sparsenet.errors import SparseNetError
 from sparsenet.checkpoints import load_checkpoint
-from sparsenet.models import LeNet, SparseNet
+from sparsenet.models import LeNet, SparseNet, initial_state
 from sparsenet.checkpoints import rewind_state
-from sparsenet.pipeline.prune_train import prune_train
+from sparsenet.pipeline.prune_train import _draw_seed, prune_train
 from sparsenet.pipeline.stage import Paths
 from sparsenet.pipeline.train_dense import train_dense
 from sparsenet.pruning import prune_model
@@ -68,6 +68,34 @@ def test_prune_train_rewinds_then_trains_the_ticket(tmp_path, point):
         assert 0 < distance < 1e-4, f"{layer}: the rewound ticket, trained on (moved by {distance})"
 
 
+def test_reinit_restarts_the_survivors_from_a_fresh_draw_not_the_dense_init(tmp_path):
+    # Same tiny learning rate: the final survivors sit right at the weights they restarted from.
+    paths = run_in(tmp_path, small_config(rewind="reinit", lr=1e-7))
+    history = load_checkpoint(paths.dense_history)
+    init = rewind_state(history, "init")
+    sparse = load_checkpoint(paths.sparse_model)
+    model = LeNet(4, 32)
+    fresh = initial_state(model, _draw_seed(0, "reinit", 0))
+    for layer in ("conv1", "conv2", "fc1", "fc2", "fc3"):
+        mask, weight = sparse[f"{layer}.mask"], sparse[f"{layer}.weight"]
+        assert not mask.all(), "pruning happened"
+        distance = (weight - fresh[f"{layer}.weight"] * mask).abs().max()
+        assert 0 < distance < 1e-4, f"{layer}: the re-initialised ticket, trained on (moved by {distance})"
+        assert (weight - init[f"{layer}.weight"] * mask).abs().max() > 1e-3, "not the dense run's init"
+        # drawn from the initial distribution: PyTorch's bound 1/sqrt(fan_in) holds for the fresh draw
+        bound = 1 / fresh[f"{layer}.weight"][0].numel() ** 0.5
+        assert fresh[f"{layer}.weight"].abs().max() <= bound and fresh[f"{layer}.weight"].abs().max() > 0.9 * bound
+
+
+def test_initial_state_is_seeded_and_leaves_the_global_random_state_alone():
+    model = LeNet(4, 32, widths=(2, 3, 4, 5))
+    before = torch.get_rng_state()
+    a, b, c = initial_state(model, 7), initial_state(model, 7), initial_state(model, 8)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert all(torch.equal(a[k], b[k]) for k in a) and not torch.equal(a["fc1.weight"], c["fc1.weight"])
+    assert {k: v.shape for k, v in a.items()} == {k: v.shape for k, v in model.state_dict().items()}
+
+
 def test_rewind_without_fine_tuning_is_refused_in_one_line():
     with pytest.raises(ConfigError, match="prune.rewind = 'init' needs prune.finetune_epochs >= 1"):
         small_config(rewind="init", finetune_epochs=0)
@@ -121,10 +149,10 @@ def test_unknown_rewind_point_is_refused():
         rewind_state({"init.a": torch.zeros(1), "epoch1.a": torch.zeros(1)}, "7")
 
 
-@pytest.mark.parametrize("value,ok", [("none", True), ("init", True), (2, True), (3, False), ("last", False)])
+@pytest.mark.parametrize("value,ok", [("none", True), ("init", True), ("reinit", True), (2, True), (3, False), ("last", False)])
 def test_rewind_param_is_validated(value, ok):
     if ok:
         assert small_config(rewind=value).prune.rewind == str(value)
     else:
-        with pytest.raises(ConfigError, match="prune.rewind.*none, init or a dense epoch number 1..2"):
+        with pytest.raises(ConfigError, match="prune.rewind.*none, init, reinit or a dense epoch number 1..2"):
             small_config(rewind=value)

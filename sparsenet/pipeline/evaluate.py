@@ -66,8 +66,8 @@ def packed_metrics(paths: Paths, dense_bytes: int) -> dict:
 
 
 def evaluate(cfg: Config, paths: Paths = Paths()) -> dict:
-    """Accuracy, sparsity, cost and size of the dense, sparse, compact, control and compressed
-    models, and of the packed checkpoint; speed.
+    """Accuracy, sparsity, cost and size of the dense, sparse, compact, control, compressed and
+    small-dense models, and of the packed checkpoint; speed.
 
     ``metrics/evaluate.json`` is deterministic (same params + seed → same file); measured
     timings go to ``metrics/speed.json``.  ``sparse.sparsity`` is the pruned fraction of the
@@ -88,6 +88,7 @@ def evaluate(cfg: Config, paths: Paths = Paths()) -> dict:
     untimed = {
         "control": (paths.control_model, load_model(paths.control_model, False, size, classes)),
         "compressed": (paths.compressed_model, load_model(paths.compressed_model, True, size, classes)),
+        "small": (paths.small_model, load_model(paths.small_model, False, size, classes)),
     }
     for name, (path, model) in [*models.items(), *untimed.items()]:
         loss, accuracy = test_loss_and_accuracy(model, test)
@@ -108,10 +109,12 @@ def evaluate(cfg: Config, paths: Paths = Paths()) -> dict:
         "pruned_layers": covered,
         "accuracy_drop": metrics["dense"]["accuracy"] - metrics["sparse"]["accuracy"],
         "accuracy_drop_vs_control": metrics["control"]["accuracy"] - metrics["sparse"]["accuracy"],
+        "accuracy_drop_vs_small": metrics["small"]["accuracy"] - metrics["sparse"]["accuracy"],
         "layers": {layer.name: {"sparsity": layer.sparsity, "zeros": layer.zeros, "total": layer.total}
                    for layer in layers},
     })
     metrics["compact"]["widths"] = list(models["compact"][1].widths)
+    metrics["small"]["widths"] = list(untimed["small"][1].widths)
     dense_bytes = metrics["dense"]["checkpoint_bytes"]
     metrics["packed"] = packed_metrics(paths, dense_bytes)
     metrics["compressed"].update({
@@ -121,7 +124,8 @@ def evaluate(cfg: Config, paths: Paths = Paths()) -> dict:
     write_json(paths.metrics, metrics)
     write_json(paths.speed, speed)
     print(f"dense accuracy {metrics['dense']['accuracy']:.4f} | control (dense, same epochs) "
-          f"{metrics['control']['accuracy']:.4f} | sparse accuracy {metrics['sparse']['accuracy']:.4f} "
+          f"{metrics['control']['accuracy']:.4f} | small dense from scratch {metrics['small']['accuracy']:.4f} "
+          f"({metrics['small']['params']:,} params, widths {metrics['small']['widths']}) | sparse accuracy {metrics['sparse']['accuracy']:.4f} "
           f"at sparsity {metrics['sparse']['sparsity']:.4f} over {', '.join(covered)} "
           f"({metrics['sparse']['sparsity_all_layers']:.4f} over all layers) -> {paths.metrics}")
     packed, compressed = metrics["packed"], metrics["compressed"]

@@ -9,20 +9,46 @@ from sparsenet.checkpoints import (compact_checkpoint, load_checkpoint, load_mod
                                    rewind_state, save_checkpoint)
 from sparsenet.compact import compact
 from sparsenet.config import Config
-from sparsenet.models import SparseNet
+from sparsenet.importance import taylor_scores, uses_taylor
+from sparsenet.models import SparseNet, initial_state
 from sparsenet.pipeline.stage import Paths
 from sparsenet.pipeline.training_stage import live_logger, new_live, resume_args, training_start
 from sparsenet.pruning import prune_model, pruned_layer_names, scheduled_sparsity
+from sparsenet.sensitivity import allocate, measure
 from sparsenet.training import evaluate, fit
+
+
+SENSITIVITY_BATCHES = 16  # training batches the sensitivity curves are measured on (2,048 images at 128)
+_DRAWS = {"taylor": 1, "sensitivity": 2, "reinit": 3}
+
+
+def _draw_seed(seed: int, purpose: str, round_index: int) -> int:
+    """A seed of its own for each random draw besides training (Taylor batches, sensitivity images,
+    re-initialised weights) and round: none repeats another's draws or the run's ``seed``."""
+    return (seed * 1_000_003 + round_index) * 8 + _DRAWS[purpose]
+
+
+def _taylor(net: SparseNet, train, p, seed: int, round_index: int) -> dict:
+    """Taylor scores of ``net`` over ``prune.score_batches`` batches drawn for this round."""
+    return taylor_scores(net, train.sample(p.score_batches, _draw_seed(seed, "taylor", round_index)))
 
 
 def prune_train(cfg: Config, paths: Paths = Paths()) -> list[dict]:
     """Train, then prune on schedule, after every epoch → ``models/sparse.pt``, ``packed.pt``, ``compact.pt``.
 
     Each of the ``prune.epochs`` rounds trains one epoch, records the test accuracy, prunes to
-    the round's scheduled sparsity and records the test accuracy again.  With ``prune.rewind``
-    the surviving weights then go back to their dense values at initialisation or that epoch,
-    and training goes on with a fresh Adam and the learning-rate schedule from its start (see
+    the round's scheduled sparsity and records the test accuracy again.  Taylor importance is
+    summed over ``prune.score_batches`` training batches drawn afresh each round (its own random
+    draw: the training order is the same as without it).  With ``prune.allocation: sensitivity``
+    each layer's share of the target comes from its sensitivity curve, measured once on the
+    dense model over training images (:mod:`sparsenet.sensitivity`; the test set stays unseen),
+    and every round scales those shares by its scheduled fraction of the target.
+
+    With ``prune.rewind`` the surviving weights then go back to their dense values at
+    initialisation or that epoch, or (``reinit``, the random-reinitialisation control of Frankle &
+    Carbin 2019) to weights drawn afresh from the initial distribution with a seed of their own —
+    one draw, used at every round, so it differs from ``init`` in nothing but the seed.  Training
+    then goes on with a fresh Adam and the learning-rate schedule from its start (see
     :func:`sparsenet.training.fit`).  ``prune.finetune_epochs`` further epochs then train with
     the final masks fixed; a rewind needs at least one, so the model that leaves this step is
     always trained (the config refuses ``rewind`` with ``finetune_epochs: 0``).  Every record
@@ -35,15 +61,31 @@ def prune_train(cfg: Config, paths: Paths = Paths()) -> list[dict]:
     dense = load_model(paths.dense_model, False, dataset.image_size, len(dataset.classes))
     net = SparseNet.from_dense(dense).to(memory_format=torch.channels_last)
     p = cfg.prune
-    rewind_to = None if p.rewind == "none" else rewind_state(load_checkpoint(paths.dense_history), p.rewind)
+    rewind_to = None
+    if p.rewind == "reinit":
+        rewind_to = initial_state(net, _draw_seed(cfg.seed, "reinit", 0))
+    elif p.rewind != "none":
+        rewind_to = rewind_state(load_checkpoint(paths.dense_history), p.rewind)
     covered = pruned_layer_names(p.method, p.structure, p.exclude)
+    shares = None
+    if p.allocation == "sensitivity":
+        curves = measure(net, train.sample(SENSITIVITY_BATCHES, _draw_seed(cfg.seed, "sensitivity", 0)), p.method,
+                         p.structure, p.criterion, tuple(p.exclude),
+                         taylor=_taylor(net, train, p, cfg.seed, 0) if uses_taylor(p.method, p.criterion) else None,
+                         seed=cfg.seed)
+        shares = allocate(curves, p.sparsity)
+        print("sensitivity allocation: " + ", ".join(f"{name} {share:.3f}" for name, share in shares.items()))
 
     def prune_after_epoch(epoch: int, record: dict) -> bool:
         rewound = False
         if epoch <= p.epochs:  # pruning round; later epochs fine-tune the final masks
             target = scheduled_sparsity(p.sparsity, epoch, p.epochs, p.schedule)
+            scale = target / p.sparsity if p.sparsity > 0 else 0.0
             prune_model(net, p.method, target, p.structure, p.scope, seed=cfg.seed, round_index=epoch,
-                        exclude=tuple(p.exclude))
+                        exclude=tuple(p.exclude), criterion=p.criterion,
+                        taylor=_taylor(net, train, p, cfg.seed, epoch) if uses_taylor(p.method, p.criterion) else None,
+                        layer_amounts=None if shares is None else {k: v * scale for k, v in shares.items()},
+                        round_to=p.round_to)
             loss, accuracy = evaluate(net, test)
             record.update({"test_loss_after_prune": loss, "test_accuracy_after_prune": accuracy})
             if rewind_to is not None:  # lottery-ticket style: surviving weights restart from there

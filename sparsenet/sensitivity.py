@@ -1,0 +1,119 @@
+"""Per-layer sensitivity: how much accuracy each layer loses when pruned alone, and the per-layer
+shares that reach an overall target with the least loss.
+
+:func:`measure` prunes one layer at a time (no retraining; Han et al. 2015, Fig. 6) and records
+accuracy; :func:`allocate` turns those curves into per-layer shares for ``prune.allocation:
+sensitivity``: every layer is pruned as far as it can go while its own accuracy drop stays under
+one common threshold, and the threshold is the smallest that reaches the target (NNI's
+sensitivity pruner works the same way).  The drops are treated as adding up; layers interact,
+which is why pruning then retrains.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from sparsenet.data import BatchLoader
+from sparsenet.errors import SparseNetError
+from sparsenet.models import SparseNet, sparse_layers
+from sparsenet.pruning import prune_layer, pruned_layer_names
+from sparsenet.training import evaluate
+
+# Shares measured per layer; 0.0 is the unpruned model every drop is measured against.
+SHARES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98)
+_STEP = 0.001  # resolution of the shares allocate() picks
+
+
+def measure(model: SparseNet, loader: BatchLoader, method: str, structure: str, criterion: str,
+            exclude: tuple[str, ...] = (), shares: tuple[float, ...] = SHARES,
+            taylor: dict[str, torch.Tensor] | None = None, seed: int = 0) -> list[dict]:
+    """Accuracy over ``loader`` with one layer pruned to each share of ``shares``, the others untouched.
+
+    One row per (layer, share): ``layer``, ``weights`` (the layer's weight count), ``sparsity``
+    (the share), ``accuracy`` and ``drop`` (accuracy lost against the unpruned model).  Layers are
+    those the target covers (:func:`sparsenet.pruning.pruned_layer_names`).  ``model`` is left as
+    it is.
+    """
+    covered = pruned_layer_names(method, structure, exclude, [name for name, _ in sparse_layers(model)])
+    _, base = evaluate(model, loader)
+    classifier = list(sparse_layers(model))[-1][0]
+    rows = []
+    bar = tqdm(total=len(covered) * len(shares), desc="sensitivity", unit="eval", leave=False, disable=None)
+    for name in covered:
+        for share in shares:
+            accuracy = base
+            if share > 0:
+                pruned = copy.deepcopy(model)
+                layer = getattr(pruned, name)
+                prune_layer(layer, method, share, structure, torch.Generator().manual_seed(seed),
+                            protect_outputs=name == classifier, criterion=criterion,
+                            taylor=None if taylor is None else taylor[name])
+                _, accuracy = evaluate(pruned, loader)
+            rows.append({"layer": name, "weights": getattr(model, name).weight.numel(), "sparsity": share,
+                         "accuracy": accuracy, "drop": base - accuracy})
+            bar.update()
+    bar.close()
+    return rows
+
+
+def _curves(rows: list[dict]) -> dict[str, tuple[int, np.ndarray, np.ndarray]]:
+    """layer → (weights, shares, drops made non-decreasing: a layer never counts as tougher
+    at a higher share than at a lower one)."""
+    curves = {}
+    for name in dict.fromkeys(row["layer"] for row in rows):
+        own = sorted((row["sparsity"], row["drop"]) for row in rows if row["layer"] == name)
+        shares = np.array([share for share, _ in own])
+        drops = np.maximum.accumulate(np.maximum([drop for _, drop in own], 0.0))
+        weights = next(row["weights"] for row in rows if row["layer"] == name)
+        curves[name] = (weights, shares, drops)
+    return curves
+
+
+def allocate(rows: list[dict], target: float) -> dict[str, float]:
+    """Per-layer shares whose weighted mean (by weight count) reaches ``target`` with the least
+    summed accuracy drop along the curves of :func:`measure`.
+
+    For a threshold ``t`` each layer takes the largest share (on a 0.001 grid, the drop
+    interpolated linearly between measured shares) whose drop is at most ``t``; the smallest
+    ``t`` that reaches ``target`` wins, its shares blended with those of the next lower
+    threshold so the weighted mean is ``target`` itself.  Raises when even every layer at its
+    largest measured share falls short.
+    """
+    curves = _curves(rows)
+    grids = {name: np.arange(0.0, shares[-1] + _STEP / 2, _STEP) for name, (_, shares, _) in curves.items()}
+    drops = {name: np.interp(grids[name], shares, d) for name, (_, shares, d) in curves.items()}
+    total = sum(weights for weights, _, _ in curves.values())
+
+    def shares_at(threshold: float) -> dict[str, float]:
+        out = {}
+        for name in curves:
+            within = np.nonzero(drops[name] <= threshold + 1e-12)[0]
+            out[name] = float(grids[name][within[-1]]) if len(within) else 0.0
+        return out
+
+    def reached(shares: dict[str, float]) -> float:
+        return sum(curves[name][0] * share for name, share in shares.items()) / total
+
+    highest = max(float(d[-1]) for d in drops.values())
+    if reached(shares_at(highest)) < target - 1e-9:
+        raise SparseNetError(f"sensitivity allocation cannot reach sparsity {target:g}: the measured shares "
+                             f"(at most {max(SHARES):g} per layer) reach {reached(shares_at(highest)):.4f}")
+    candidates = np.unique(np.concatenate([d for d in drops.values()]))
+    low, high = 0, len(candidates) - 1  # smallest candidate threshold that reaches the target
+    while low < high:
+        middle = (low + high) // 2
+        if reached(shares_at(candidates[middle])) >= target - 1e-9:
+            high = middle
+        else:
+            low = middle + 1
+    # That threshold may overshoot (several layers step up at once, e.g. all free of loss up to a
+    # high share): blend with the shares just below it to land on the target.
+    upper = shares_at(candidates[low])
+    lower = shares_at(candidates[low - 1]) if low > 0 else {name: 0.0 for name in curves}
+    span = reached(upper) - reached(lower)
+    blend = 1.0 if span <= 0 else min(1.0, max(0.0, (target - reached(lower)) / span))
+    return {name: round(lower[name] + blend * (upper[name] - lower[name]), 6) for name in curves}

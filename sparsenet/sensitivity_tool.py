@@ -1,0 +1,90 @@
+"""Per-layer sensitivity of a trained model: each layer pruned alone, test accuracy → figure and CSV.
+
+    sparsenet sensitivity [--model models/dense.pt] [--sparsities 0.5 0.7 0.9]
+
+Uses ``params.yaml``'s ``prune.method`` / ``structure`` / ``criterion`` / ``exclude`` (and
+``score_batches`` for Taylor scores) on the prepared data (run ``dvc repro`` first); writes
+``plots/sensitivity.png`` (accuracy vs share, one line per layer) and ``plots/sensitivity.csv``.
+Nothing is retrained (see :mod:`sparsenet.sensitivity`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+from itertools import islice
+from pathlib import Path
+
+from sparsenet.checkpoints import load_model
+from sparsenet.config import load_config
+from sparsenet.data import BatchLoader, load_meta, load_split
+from sparsenet.errors import SparseNetError, one_line_errors
+from sparsenet.importance import taylor_scores, uses_taylor
+from sparsenet.io import write_text
+from sparsenet.models import SparseNet, default_device
+from sparsenet.sensitivity import measure
+from sparsenet.training import EVAL_BATCH_SIZE
+
+DEFAULT_SHARES = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+COLUMNS = ("layer", "weights", "sparsity", "accuracy", "drop")
+
+
+def probe(model_path: Path, params: str, shares: tuple[float, ...], prepared: Path = Path("data/prepared")) -> list[dict]:
+    """Test accuracy of ``model_path`` with each covered layer pruned alone to each of ``shares``."""
+    cfg = load_config(params)
+    meta = load_meta(prepared)
+    test_split = load_split(prepared, "test")
+    size, classes = int(test_split.images.shape[-1]), len(meta["classes"])
+    device = default_device()
+    model = SparseNet.from_dense(load_model(model_path, False, size, classes)).to(device)
+    test = BatchLoader(test_split, EVAL_BATCH_SIZE, meta["mean"], meta["std"], device)
+    p = cfg.prune
+    taylor = None
+    if uses_taylor(p.method, p.criterion):
+        train = BatchLoader(load_split(prepared, "train"), cfg.train.batch_size, meta["mean"], meta["std"], device,
+                            shuffle=True, seed=cfg.seed)
+        taylor = taylor_scores(model, islice(train, p.score_batches))
+    how = f"{p.structure} by {p.criterion}" if p.method == "structured" else p.method
+    print(f"{model_path}: each layer pruned alone ({how}), test accuracy")
+    rows = measure(model, test, p.method, p.structure, p.criterion, tuple(p.exclude), (0.0, *shares), taylor,
+                   cfg.seed)
+    for row in rows:
+        if row["sparsity"] > 0:
+            print(f"  {row['layer']:>5} at {row['sparsity']:.2f}: {row['accuracy']:.4f} "
+                  f"({-row['drop'] * 100:+.2f} points)")
+    return rows
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, buffer.getvalue())
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="sparsenet sensitivity", description=__doc__.split("\n")[0])
+    parser.add_argument("--model", type=Path, default=Path("models/dense.pt"),
+                        help="a dense LeNet checkpoint (default %(default)s)")
+    parser.add_argument("--params", default="params.yaml", help="params file (default %(default)s)")
+    parser.add_argument("--sparsities", nargs="+", type=float, default=list(DEFAULT_SHARES),
+                        help="shares each layer is pruned to (default %(default)s)")
+    parser.add_argument("--png", type=Path, default=Path("plots/sensitivity.png"))
+    parser.add_argument("--csv", type=Path, default=Path("plots/sensitivity.csv"))
+    args = parser.parse_args(argv)
+    with one_line_errors():
+        bad = [s for s in args.sparsities if not 0 < s < 1]
+        if bad:
+            raise SparseNetError(f"--sparsities {bad} not allowed; expected fractions in (0, 1)")
+        rows = probe(args.model, args.params, tuple(sorted(set(args.sparsities))))
+        write_csv(rows, args.csv)
+        from sparsenet.plots import sensitivity_figure
+
+        sensitivity_figure(rows, args.png)
+    print(f"{len(rows)} points -> {args.png}, {args.csv}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""Importance scores: magnitude, Taylor (|w · dL/dw| summed over batches), per-slice criteria."""
+
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from sparsenet.importance import slice_scores, taylor_scores, uses_taylor
+from sparsenet.models import SparseLinear
+from sparsenet.pruning import prune_model
+
+
+def identity_classifier() -> nn.Sequential:
+    layer = SparseLinear(2, 2)
+    with torch.no_grad():
+        layer.weight.copy_(torch.eye(2))
+        layer.bias.zero_()
+    return nn.Sequential(layer)
+
+
+def test_taylor_scores_match_a_hand_computed_case():
+    # x = (1, 2), W = I: logits (1, 2), softmax (1/(1+e), e/(1+e)) = (0.2689, 0.7311).
+    # dL/dW = (softmax − onehot) xᵀ; only the diagonal weights are non-zero, so |w · g| there:
+    #   label 0: |1 · (−0.7311 · 1)| = 0.7311 and |1 · (0.7311 · 2)| = 1.4621
+    #   label 1: |1 · ( 0.2689 · 1)| = 0.2689 and |1 · (−0.2689 · 2)| = 0.5379
+    # summed: exactly 1 and 2 (0.7311 + 0.2689 = 1).  Summing w · g before the absolute value
+    # would give 0.4621 and 0.9242: the two batches' gradients point opposite ways.
+    model = identity_classifier()
+    x = torch.tensor([[1.0, 2.0]])
+    scores = taylor_scores(model, [(x, torch.tensor([0])), (x, torch.tensor([1]))])
+    assert torch.allclose(scores["0"], torch.tensor([[1.0, 0.0], [0.0, 2.0]]), atol=1e-6)
+    assert model[0].weight.grad is None  # the model's gradients are left as they were
+
+
+def test_taylor_scores_of_one_batch_are_the_products_of_weight_and_gradient():
+    model = identity_classifier()
+    x = torch.tensor([[1.0, 2.0]])
+    (score,) = taylor_scores(model, [(x, torch.tensor([0]))]).values()
+    p = 1 / (1 + math.e)
+    assert torch.allclose(score, torch.tensor([[1 - p, 0.0], [0.0, 2 * (1 - p)]]), atol=1e-6)
+
+
+def test_slice_scores_sum_taylor_per_filter_and_take_l2_norms():
+    weight = torch.tensor([[3.0, 4.0], [1.0, 0.0]])
+    mask = torch.tensor([[True, True], [True, False]])
+    taylor = torch.tensor([[0.1, 0.2], [0.5, 9.0]])  # 9.0 sits under the mask: not counted
+    assert torch.allclose(slice_scores(weight, mask, 0, "l2"), torch.tensor([5.0, 1.0]))
+    assert torch.allclose(slice_scores(weight, mask, 0, "taylor", taylor), torch.tensor([0.3, 0.5]))
+    assert torch.allclose(slice_scores(weight, mask, 1, "taylor", taylor), torch.tensor([0.6, 0.2]))
+    with pytest.raises(ValueError, match="criterion"):
+        slice_scores(weight, mask, 0, "l1")
+
+
+def test_structured_taylor_removes_the_filter_that_matters_least_not_the_smallest(sparse):
+    # conv2's filter 0 gets the largest weights but no Taylor importance: l2 keeps it, taylor removes it.
+    with torch.no_grad():
+        sparse.conv2.weight[0] = 10.0
+    taylor = {name: torch.ones_like(layer.weight) for name, layer in sparse.sparse_layers()}
+    taylor["conv2"][0] = 0.0
+    by_l2 = copy.deepcopy(sparse)
+    prune_model(by_l2, "structured", 0.25, criterion="l2")
+    prune_model(sparse, "structured", 0.25, criterion="taylor", taylor=taylor)
+    assert not sparse.conv2.mask[0].any() and not sparse.conv2.bias_mask[0]
+    assert sparse.conv2.mask.flatten(1).any(dim=1).sum() == 12  # 16 − round(0.25 · 16)
+    assert by_l2.conv2.mask[0].all() and by_l2.conv2.mask.flatten(1).any(dim=1).sum() == 12
+
+
+def test_global_taylor_ranks_all_layers_by_their_scores(sparse):
+    taylor = {name: torch.full_like(layer.weight, 5.0) for name, layer in sparse.sparse_layers()}
+    taylor["fc2"].fill_(0.1)  # fc2 holds 10,080 of the weights: everything pruned comes from it
+    total = sum(layer.weight.numel() for _, layer in sparse.sparse_layers())
+    amount = 5000 / total
+    prune_model(sparse, "taylor", amount, scope="global", taylor=taylor)
+    zeros = {name: int((~layer.mask).sum()) for name, layer in sparse.sparse_layers()}
+    assert zeros["fc2"] == round(amount * total) and sum(zeros.values()) == zeros["fc2"]
+
+
+def test_taylor_pruning_without_scores_is_refused(sparse):
+    with pytest.raises(ValueError, match="taylor scores"):
+        prune_model(sparse, "taylor", 0.5)
+    with pytest.raises(ValueError, match="taylor scores"):
+        prune_model(sparse, "structured", 0.5, criterion="taylor")
+    assert uses_taylor("structured", "taylor") and not uses_taylor("structured", "l2")
+    assert uses_taylor("taylor", "l2") and not uses_taylor("magnitude", "taylor")

@@ -1,0 +1,79 @@
+"""Per-layer sensitivity curves, the allocation they give, and rounding of kept widths."""
+
+import pytest
+import torch
+
+from sparsenet.errors import SparseNetError
+from sparsenet.models import SparseNet
+from sparsenet.pruning import kept_slices, prune_model
+from sparsenet.sensitivity import allocate, measure
+
+
+def curve_rows(curves: dict[str, tuple[int, list[tuple[float, float]]]]) -> list[dict]:
+    return [{"layer": name, "weights": weights, "sparsity": share, "accuracy": 0.9 - drop, "drop": drop}
+            for name, (weights, points) in curves.items() for share, drop in points]
+
+
+def test_allocation_reaches_the_target_and_spares_the_sensitive_layer():
+    rows = curve_rows({
+        "tough": (1000, [(0.0, 0.0), (0.5, 0.10), (0.9, 0.40)]),   # loses 10 points at half
+        "easy": (1000, [(0.0, 0.0), (0.5, 0.00), (0.9, 0.01)]),    # loses nothing up to half
+    })
+    shares = allocate(rows, 0.5)
+    assert (shares["tough"] * 1000 + shares["easy"] * 1000) / 2000 == pytest.approx(0.5, abs=1e-3)
+    assert shares["easy"] > 0.85 and shares["tough"] < 0.15
+    # Hand check: "easy" may go to 0.9 at a threshold of 0.01; "tough" then reaches 0.05 (0.01 / 0.10 · 0.5),
+    # 0.95 / 2 = 0.475 < 0.5, so the threshold rises until both meet the target.
+    assert shares["easy"] == pytest.approx(0.9, abs=2e-3)
+
+
+def test_allocation_weighs_layers_by_their_weight_counts_and_lands_on_the_target():
+    rows = curve_rows({"small": (100, [(0.0, 0.0), (0.9, 0.0)]), "large": (900, [(0.0, 0.0), (0.9, 0.0)])})
+    shares = allocate(rows, 0.6)  # no loss anywhere: the blend lands exactly on the target
+    assert (shares["small"] * 100 + shares["large"] * 900) / 1000 == pytest.approx(0.6, abs=1e-6)
+
+
+def test_allocation_that_cannot_reach_the_target_says_so():
+    rows = curve_rows({"a": (10, [(0.0, 0.0), (0.5, 0.1)]), "b": (10, [(0.0, 0.0), (0.5, 0.2)])})
+    with pytest.raises(SparseNetError, match="cannot reach sparsity 0.8"):
+        allocate(rows, 0.8)
+
+
+def test_measure_prunes_one_layer_at_a_time_and_leaves_the_model_alone(dense):
+    sparse = SparseNet.from_dense(dense)
+    torch.manual_seed(1)
+    images, labels = torch.randn(64, 3, 32, 32), torch.randint(0, 10, (64,))
+    loader = [(images[:32], labels[:32]), (images[32:], labels[32:])]
+    rows = measure(sparse, loader, "structured", "filters", "l2", shares=(0.0, 0.5, 0.9))
+    assert [(r["layer"], r["sparsity"]) for r in rows][:3] == [("conv1", 0.0), ("conv1", 0.5), ("conv1", 0.9)]
+    assert {r["layer"] for r in rows} == {"conv1", "conv2", "fc1", "fc2"}  # filters never prune fc3
+    assert all(layer.mask.all() for _, layer in sparse.sparse_layers())
+    with torch.no_grad():
+        base = (sparse(images).argmax(1) == labels).float().mean().item()
+        one = SparseNet.from_dense(dense)
+        prune_model(one, "structured", 0.9, exclude=("conv1", "conv2", "fc2"))  # fc1 alone at 0.9
+        expected = (one(images).argmax(1) == labels).float().mean().item()
+    fc1 = next(r for r in rows if r["layer"] == "fc1" and r["sparsity"] == 0.9)
+    assert fc1["accuracy"] == pytest.approx(expected) and fc1["drop"] == pytest.approx(base - expected)
+    assert fc1["weights"] == sparse.fc1.weight.numel()
+
+
+@pytest.mark.parametrize("count, amount, round_to, kept", [
+    (120, 0.5, 1, 60), (120, 0.5, 8, 64), (84, 0.5, 8, 40), (16, 0.9, 8, 8),
+    (6, 0.5, 8, 3),  # no more slices than round_to: unrounded
+    (16, 0.99, 1, 1),  # one always survives
+])
+def test_kept_slices_round_to_a_multiple(count, amount, round_to, kept):
+    assert kept_slices(count, amount, round_to) == kept
+
+
+def test_round_to_gives_structured_widths_in_multiples(sparse):
+    prune_model(sparse, "structured", 0.5, round_to=8)
+    alive = {name: int(layer.mask.flatten(1).any(dim=1).sum()) for name, layer in sparse.sparse_layers()}
+    assert alive == {"conv1": 3, "conv2": 8, "fc1": 64, "fc2": 40, "fc3": 10}
+
+
+def test_layer_amounts_give_each_layer_its_own_share(sparse):
+    prune_model(sparse, "structured", 0.5, layer_amounts={"conv1": 0.0, "conv2": 0.25, "fc1": 0.5, "fc2": 0.75})
+    alive = {name: int(layer.mask.flatten(1).any(dim=1).sum()) for name, layer in sparse.sparse_layers()}
+    assert alive == {"conv1": 6, "conv2": 12, "fc1": 60, "fc2": 21, "fc3": 10}

@@ -9,7 +9,8 @@ queue start``) and waits for it.  Every seed retrains everything — dense, cont
 model — because that is part of the variance.  ``plot`` reads the results back with ``dvc exp
 show --json`` — no separate tracker — and writes ``plots/frontier_runs.csv`` (one row per
 experiment and model: the pruned model, its small-dense baseline, the dense model and the
-control), ``plots/frontier.csv`` (one row per line and target sparsity: mean and standard
+control; rows already there for experiments DVC no longer holds are kept, so a sweep spread
+over several machines or sessions adds up, and ``sweep`` skips every point already in it), ``plots/frontier.csv`` (one row per line and target sparsity: mean and standard
 deviation of the accuracy over the seeds, how many, the mean measured sparsity) and
 ``plots/frontier.png`` (the means with ±1 standard deviation bands).
 """
@@ -66,12 +67,29 @@ def sweep_points(methods: list[str], sparsities: list[float], structures: list[s
     return points
 
 
-def queue_sweep(points: list[dict[str, str]], extra: list[str], jobs: int, poll_seconds: float = 2.0) -> None:
-    """Queue every point as a DVC experiment, run the queue, wait until it is empty."""
+def experiment_name(point: dict[str, str], extra: list[str]) -> str:
+    """``sweep-<values>-seed<n>``: the point's values, then those of ``--set``, as a git ref name
+    (only letters, digits and dashes)."""
+    values = [v for key, v in point.items() if key != "seed"] + [e.split("=", 1)[-1] for e in extra]
+    cleaned = ["".join(ch for ch in value if ch.isalnum() or ch == "-") for value in values]
+    return "sweep-" + "-".join(v for v in cleaned if v) + f"-seed{point['seed']}"
+
+
+def queue_sweep(points: list[dict[str, str]], extra: list[str], jobs: int, done: set[str] = frozenset(),
+                poll_seconds: float = 2.0) -> int:
+    """Queue every point not in ``done`` (experiment names) as a DVC experiment, run the queue and
+    wait until it is empty.  Returns how many were queued."""
+    queued = 0
     for point in points:
-        name = "-".join(v.replace(".", "") for key, v in point.items() if key != "seed") + f"-seed{point['seed']}"
+        name = experiment_name(point, extra)
+        if name in done:
+            continue
         sets = [arg for key, value in point.items() for arg in ("-S", f"{key}={value}")]
-        _dvc("exp", "run", "--queue", "--name", f"sweep-{name}", *sets, *[a for e in extra for a in ("-S", e)])
+        _dvc("exp", "run", "--queue", "--name", name, *sets, *[a for e in extra for a in ("-S", e)])
+        queued += 1
+    print(f"{queued} experiments queued, {len(points) - queued} already done")
+    if not queued:
+        return 0
     _dvc("queue", "start", "--jobs", str(jobs))
     while True:
         status = _dvc("queue", "status", capture=True)
@@ -81,6 +99,7 @@ def queue_sweep(points: list[dict[str, str]], extra: list[str], jobs: int, poll_
     if "Failed" in status:
         print(status, file=sys.stderr)
         raise SparseNetError("some sweep experiments failed: see `dvc queue status` and `dvc queue logs <task>`")
+    return queued
 
 
 UNFINISHED = ("queued", "running", "failed")
@@ -166,14 +185,48 @@ def collect_points(exp_show: list) -> list[dict]:
                               "allocation": "", "scope": "", "exclude": "", "target_sparsity": 0.0, "sparsity": 0.0,
                               "sparsity_all_layers": 0.0, "accuracy": model["accuracy"],
                               "params": model.get("params", "")})
-        for row in found:
-            key = (row["kind"], row["line"], row["schedule"] if row["kind"] in ("pruned",) else "",
-                   row["target_sparsity"] if row["kind"] in ("pruned", "small") else 0, row["seed"],
-                   round(row["accuracy"], 6))
-            if key not in seen:
-                seen.add(key)
-                rows.append(row)
-    return sorted(rows, key=lambda r: (KINDS.index(r["kind"]), r["line"], r["sparsity"], r["seed"]))
+        rows += found
+    return unique_runs(rows)
+
+
+def unique_runs(rows: list[dict]) -> list[dict]:
+    """``rows`` without repeats — a baseline or the workspace repeating an experiment, the same
+    small model, dense model or control behind several experiments of one seed — sorted."""
+    kept, seen = [], set()
+    for row in rows:
+        key = (row["kind"], row["line"], row["schedule"] if row["kind"] == "pruned" else "",
+               row["target_sparsity"] if row["kind"] in ("pruned", "small") else 0, row["seed"],
+               round(row["accuracy"], 6))
+        if key not in seen:
+            seen.add(key)
+            kept.append(row)
+    return sorted(kept, key=lambda r: (KINDS.index(r["kind"]), r["line"], r["sparsity"], r["seed"]))
+
+
+_NUMERIC = {"seed": int, "target_sparsity": float, "sparsity": float, "sparsity_all_layers": float, "accuracy": float}
+
+
+def read_runs(path: Path) -> list[dict]:
+    """The rows of a runs CSV written earlier (none when there is no file)."""
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        if reader.fieldnames is None or not set(RUN_COLUMNS) <= set(reader.fieldnames):
+            raise SparseNetError(f"{path}: not a frontier runs table (expected the columns {', '.join(RUN_COLUMNS)}); "
+                                 "move it away to start a new one")
+        try:
+            return [{**row, **{key: kind(row[key]) for key, kind in _NUMERIC.items()},
+                     "params": int(row["params"]) if row["params"] else ""} for row in reader]
+        except ValueError as exc:
+            raise SparseNetError(f"{path}: line {reader.line_num}: {exc}") from None
+
+
+def merge_runs(earlier: list[dict], current: list[dict]) -> list[dict]:
+    """``current`` plus the rows of ``earlier`` experiments it does not hold (runs of earlier
+    sessions or other machines, whose DVC experiments are gone), without repeats."""
+    have = {row["experiment"] for row in current}
+    return unique_runs(current + [row for row in earlier if row["experiment"] not in have])
 
 
 def aggregate(rows: list[dict]) -> list[dict]:
@@ -266,7 +319,10 @@ def main(argv: list[str] | None = None) -> None:
     for p in (sweep, sub.choices["plot"]):
         p.add_argument("--png", type=Path, default=Path("plots/frontier.png"))
         p.add_argument("--csv", type=Path, default=Path("plots/frontier.csv"), help="mean ± std per point")
-        p.add_argument("--runs-csv", type=Path, default=Path("plots/frontier_runs.csv"), help="one row per run")
+        p.add_argument("--runs-csv", type=Path, default=Path("plots/frontier_runs.csv"),
+                       help="one row per run; rows of experiments DVC no longer holds are kept")
+        p.add_argument("--fresh", action="store_true",
+                       help="ignore the runs already in --runs-csv (sweep: rerun them; plot: drop them)")
     args = parser.parse_args(argv)
     with one_line_errors():
         if args.command == "sweep":
@@ -276,11 +332,17 @@ def main(argv: list[str] | None = None) -> None:
             bad_seeds = [s for s in args.seeds if not 0 <= s < 2**32]
             if bad_seeds or len(set(args.seeds)) != len(args.seeds):
                 raise SparseNetError(f"--seeds {args.seeds} not allowed; expected distinct integers in 0..{2**32 - 1}")
+            done = set() if args.fresh else {row["experiment"] for row in read_runs(args.runs_csv)
+                                             if row["kind"] == "pruned"}
+            done |= {row["experiment"] for row in collect_points(json.loads(_dvc("exp", "show", "--json", capture=True)))
+                     if row["kind"] == "pruned"}
             queue_sweep(sweep_points(args.methods, args.sparsities, args.structures, args.criteria, args.seeds),
-                        args.extra, args.jobs)
+                        args.extra, args.jobs, done)
         show = ["exp", "show", "--json"] + (["--all-commits"] if getattr(args, "all_commits", False) else [])
         show += ["--rev", args.rev] if getattr(args, "rev", None) else []
         rows = collect_points(json.loads(_dvc(*show, capture=True)))
+        if not args.fresh:
+            rows = merge_runs(read_runs(args.runs_csv), rows)
         means = plot_frontier(rows, args.png, args.csv, args.runs_csv)
     print(f"{len(rows)} runs, {len(means)} points -> {args.png}, {args.csv}, {args.runs_csv}")
 

@@ -144,3 +144,42 @@ def test_structured_lines_name_their_criterion_and_allocation():
         {"criterion": "taylor", "allocation": "sensitivity", "round_to": 8})
     lines = sorted(r["line"] for r in pruned(collect_points([{**plain, "experiments": [_experiment("success", taylor)]}])))
     assert lines == ["structured (filters, l2)", "structured (filters, taylor), sensitivity allocation, round_to 8"]
+
+
+def test_runs_of_experiments_dvc_no_longer_holds_are_kept_from_the_csv(tmp_path):
+    from sparsenet.frontier import RUN_COLUMNS, _csv, merge_runs, read_runs
+
+    earlier = collect_points([{"rev": "base", "data": {}, "experiments": [
+        _experiment("success", _seeded("gone-s0", "magnitude", 0.9, 0, 0.90, 0.8, 0.91)),
+        _experiment("success", _seeded("kept-s1", "magnitude", 0.9, 1, 0.92, 0.8, 0.93))]}])
+    table = tmp_path / "runs.csv"
+    table.write_text(_csv(earlier, RUN_COLUMNS))
+    assert read_runs(table) == earlier  # numbers come back as numbers
+    # this session's DVC holds seed 1 again (same results) and a new seed 2; seed 0's experiment is gone
+    current = collect_points([{"rev": "base", "data": {}, "experiments": [
+        _experiment("success", _seeded("kept-s1", "magnitude", 0.9, 1, 0.92, 0.8, 0.93)),
+        _experiment("success", _seeded("new-s2", "magnitude", 0.9, 2, 0.94, 0.8, 0.95))]}])
+    merged = merge_runs(read_runs(table), current)
+    assert sorted(r["seed"] for r in merged if r["kind"] == "pruned") == [0, 1, 2]
+    assert sorted(r["seed"] for r in merged if r["kind"] == "dense") == [0, 1, 2]
+
+
+def test_a_foreign_runs_csv_is_refused_in_one_line(tmp_path):
+    from sparsenet.errors import SparseNetError
+    from sparsenet.frontier import read_runs
+
+    table = tmp_path / "runs.csv"
+    table.write_text("a,b\n1,2\n")
+    with pytest.raises(SparseNetError, match="not a frontier runs table"):
+        read_runs(table)
+    assert read_runs(tmp_path / "missing.csv") == []
+
+
+def test_experiment_names_hold_every_value_and_stay_valid_ref_names():
+    from sparsenet.frontier import experiment_name
+
+    point = {"prune.method": "structured", "prune.structure": "filters", "prune.criterion": "l2",
+             "prune.sparsity": "0.5", "seed": "2"}
+    assert experiment_name(point, ["prune.allocation=sensitivity", "prune.exclude=[fc1]"]) == \
+        "sweep-structured-filters-l2-05-sensitivity-fc1-seed2"
+    assert experiment_name(point, []) != experiment_name(point, ["prune.allocation=sensitivity"])

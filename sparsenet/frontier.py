@@ -288,6 +288,12 @@ def plot_frontier(rows: list[dict], png: Path, table: Path, runs: Path) -> list[
     if not rows:
         raise SparseNetError("no experiment with metrics/evaluate.json found: run `dvc repro` or a sweep first")
     means = aggregate(rows)
+    for mean in means:
+        seeds = mean["seeds"].split()
+        if len(set(seeds)) < len(seeds):
+            print(f"notice: {mean['line']} at {mean['target_sparsity']:g} has several runs of one seed ({mean['seeds']}): "
+                  "results of different code? plot experiments of one commit (--rev) or start over (--fresh)",
+                  file=sys.stderr)
     write_text(runs, _csv(rows, RUN_COLUMNS))
     write_text(table, _csv(means, COLUMNS))
 

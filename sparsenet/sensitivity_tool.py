@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-from itertools import islice
 from pathlib import Path
 
 from sparsenet.checkpoints import load_model
@@ -42,9 +41,8 @@ def probe(model_path: Path, params: str, shares: tuple[float, ...], prepared: Pa
     p = cfg.prune
     taylor = None
     if uses_taylor(p.method, p.criterion):
-        train = BatchLoader(load_split(prepared, "train"), cfg.train.batch_size, meta["mean"], meta["std"], device,
-                            shuffle=True, seed=cfg.seed)
-        taylor = taylor_scores(model, islice(train, p.score_batches))
+        train = BatchLoader(load_split(prepared, "train"), cfg.train.batch_size, meta["mean"], meta["std"], device)
+        taylor = taylor_scores(model, train.sample(p.score_batches, cfg.seed))
     how = f"{p.structure} by {p.criterion}" if p.method == "structured" else p.method
     print(f"{model_path}: each layer pruned alone ({how}), test accuracy")
     rows = measure(model, test, p.method, p.structure, p.criterion, tuple(p.exclude), (0.0, *shares), taylor,

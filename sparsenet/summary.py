@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> None:
         except ValueError as exc:
             raise SparseNetError(f"{checkpoint}: {exc}") from None
         interpret_sparsity(model)
-        dense, sparse, small = metrics["dense"], metrics["sparse"], metrics["compact"]
+        dense, sparse, compact = metrics["dense"], metrics["sparse"], metrics["compact"]
         control = metrics.get("control", {}).get("accuracy")
         same_epochs = f", dense trained for as many epochs (control) {control:.2%}" if control is not None else ""
         over = sparse.get("pruned_layers")
@@ -35,7 +35,12 @@ def main(argv: list[str] | None = None) -> None:
               f"at {sparse['sparsity']:.2%} sparsity" + (f" over {', '.join(over)}" if over else "")
               + (f" ({all_layers:.2%} over all layers)" if all_layers is not None else ""))
         print(f"non-zero MACs per image: {sparse['nonzero_macs']:,} of {dense['macs']:,}; compact model "
-              f"widths {small['widths']}, {small['macs']:,} MACs")
+              f"widths {compact['widths']}, {compact['macs']:,} MACs")
+        if "small" in metrics:
+            small = metrics["small"]
+            print(f"small dense LeNet from scratch (widths {small['widths']}, {small['params']:,} parameters, "
+                  f"as many epochs): {small['accuracy']:.2%}, {-sparse['accuracy_drop_vs_small'] * 100:+.2f} points "
+                  "for the pruned model")
         if "packed" in metrics and "compressed" in metrics:
             packed, compressed = metrics["packed"], metrics["compressed"]
             exact = "lossless" if packed.get("restores_sparse") else "DOES NOT restore the sparse model"

@@ -120,7 +120,7 @@ def test_repro_again_is_a_no_op_and_the_summary_reads_the_results(project):
     assert [path.stat().st_mtime_ns for path in outputs] == stamps, "no output was rewritten"
     summary = run([sys.executable, "-m", "sparsenet.summary"], root, env).stdout
     assert "fc1 (sparsity = 0.80): 38400 weights are zero out of 48000" in summary
-    assert "test accuracy: dense" in summary
+    assert "test accuracy: dense" in summary and "small dense LeNet from scratch (widths" in summary
     packed = json.loads((root / "metrics" / "evaluate.json").read_text())["packed"]
     assert f"packed {packed['checkpoint_bytes']:,} ({packed['times_smaller_than_dense']:.1f}x smaller" in summary
 

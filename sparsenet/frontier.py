@@ -322,6 +322,8 @@ def main(argv: list[str] | None = None) -> None:
     sub.choices["plot"].add_argument("--all-commits", action="store_true",
                                      help="include experiments based on older commits too")
     sub.choices["plot"].add_argument("--rev", help="experiments based on this commit (default: HEAD)")
+    sub.choices["plot"].add_argument("-n", "--num", type=int,
+                                     help="experiments based on the last NUM commits from --rev (dvc exp show -n)")
     for p in (sweep, sub.choices["plot"]):
         p.add_argument("--png", type=Path, default=Path("plots/frontier.png"))
         p.add_argument("--csv", type=Path, default=Path("plots/frontier.csv"), help="mean ± std per point")
@@ -346,6 +348,7 @@ def main(argv: list[str] | None = None) -> None:
                         args.extra, args.jobs, done)
         show = ["exp", "show", "--json"] + (["--all-commits"] if getattr(args, "all_commits", False) else [])
         show += ["--rev", args.rev] if getattr(args, "rev", None) else []
+        show += ["--num", str(args.num)] if getattr(args, "num", None) else []
         rows = collect_points(json.loads(_dvc(*show, capture=True)))
         if not args.fresh:
             rows = merge_runs(read_runs(args.runs_csv), rows)

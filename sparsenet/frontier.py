@@ -75,10 +75,20 @@ def experiment_name(point: dict[str, str], extra: list[str]) -> str:
     return "sweep-" + "-".join(v for v in cleaned if v) + f"-seed{point['seed']}"
 
 
+def waiting_names(queue_status: str) -> set[str]:
+    """Names of the experiments ``dvc queue status`` lists as queued or running."""
+    names = set()
+    for line in queue_status.splitlines():
+        words = line.split()
+        if len(words) >= 3 and words[-1] in ("Queued", "Running"):
+            names.add(words[1])
+    return names
+
+
 def queue_sweep(points: list[dict[str, str]], extra: list[str], jobs: int, done: set[str] = frozenset(),
-                poll_seconds: float = 2.0) -> int:
+                poll_seconds: float = 2.0, wait: bool = True) -> int:
     """Queue every point not in ``done`` (experiment names) as a DVC experiment, run the queue and
-    wait until it is empty.  Returns how many were queued."""
+    (``wait``) wait until it is empty.  Returns how many were queued."""
     queued = 0
     for point in points:
         name = experiment_name(point, extra)
@@ -87,10 +97,12 @@ def queue_sweep(points: list[dict[str, str]], extra: list[str], jobs: int, done:
         sets = [arg for key, value in point.items() for arg in ("-S", f"{key}={value}")]
         _dvc("exp", "run", "--queue", "--name", name, *sets, *[a for e in extra for a in ("-S", e)])
         queued += 1
-    print(f"{queued} experiments queued, {len(points) - queued} already done")
+    print(f"{queued} experiments queued, {len(points) - queued} already done or queued")
     if not queued:
         return 0
     _dvc("queue", "start", "--jobs", str(jobs))
+    if not wait:
+        return queued
     while True:
         status = _dvc("queue", "status", capture=True)
         if not any(word in status for word in ("Queued", "Running")):
@@ -316,6 +328,8 @@ def main(argv: list[str] | None = None) -> None:
                        help="every point runs once per seed (default: %(default)s)")
     sweep.add_argument("--jobs", type=int, default=1, help="parallel queue workers (default 1: training "
                        "already uses every core)")
+    sweep.add_argument("--no-wait", action="store_true",
+                       help="queue the points, start the workers and return (results: frontier plot, later)")
     sweep.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
                        help="more params for every experiment, e.g. --set prune.schedule=cubic")
     sub.add_parser("plot", help="plot every experiment DVC knows about")
@@ -344,8 +358,12 @@ def main(argv: list[str] | None = None) -> None:
                                              if row["kind"] == "pruned"}
             done |= {row["experiment"] for row in collect_points(json.loads(_dvc("exp", "show", "--json", capture=True)))
                      if row["kind"] == "pruned"}
+            done |= waiting_names(_dvc("queue", "status", capture=True))  # already on its way
             queue_sweep(sweep_points(args.methods, args.sparsities, args.structures, args.criteria, args.seeds),
-                        args.extra, args.jobs, done)
+                        args.extra, args.jobs, done, wait=not args.no_wait)
+            if args.no_wait:
+                print("the queue runs in the background: `dvc queue status`; `sparsenet frontier plot` when done")
+                return
         show = ["exp", "show", "--json"] + (["--all-commits"] if getattr(args, "all_commits", False) else [])
         show += ["--rev", args.rev] if getattr(args, "rev", None) else []
         show += ["--num", str(args.num)] if getattr(args, "num", None) else []

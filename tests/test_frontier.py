@@ -183,3 +183,16 @@ def test_experiment_names_hold_every_value_and_stay_valid_ref_names():
     assert experiment_name(point, ["prune.allocation=sensitivity", "prune.exclude=[fc1]"]) == \
         "sweep-structured-filters-l2-05-sensitivity-fc1-seed2"
     assert experiment_name(point, []) != experiment_name(point, ["prune.allocation=sensitivity"])
+
+
+def test_points_already_queued_or_running_are_recognised_in_the_queue_status():
+    from sparsenet.frontier import waiting_names
+
+    status = """Task     Name                       Created    Status
+d1e81c8  sweep-magnitude-095-seed1  04:48 AM   Running
+3ed21a1  sweep-magnitude-095-seed0  04:39 AM   Success
+9a0b1c2  sweep-magnitude-098-seed0  04:49 AM   Queued
+7f7f7f7  sweep-random-05-seed0      04:49 AM   Failed
+
+Worker status: 1 active, 0 idle"""
+    assert waiting_names(status) == {"sweep-magnitude-095-seed1", "sweep-magnitude-098-seed0"}

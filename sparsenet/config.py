@@ -194,6 +194,9 @@ def _check_values(cfg: Config, source: str) -> None:
     if cfg.prune.allocation == "sensitivity" and cfg.prune.method != "structured" and cfg.prune.scope == "global":
         raise ConfigError(f"{source}: prune.allocation = 'sensitivity' needs prune.scope = 'layer' for "
                           f"{cfg.prune.method} pruning (global scope shares the target by one ranking of all weights)")
+    if cfg.prune.allocation == "sensitivity" and cfg.prune.sparsity > options.SENSITIVITY_MAX_SHARE:
+        fail("prune.sparsity", cfg.prune.sparsity, f"a fraction in [0, {options.SENSITIVITY_MAX_SHARE:g}] with "
+             "prune.allocation = 'sensitivity' (the largest share its curves are measured at)")
     rewind = cfg.prune.rewind
     if rewind not in options.REWIND_POINTS and not (rewind.isdigit() and 1 <= int(rewind) <= cfg.train.epochs):
         fail("prune.rewind", rewind,

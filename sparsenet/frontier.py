@@ -9,8 +9,8 @@ queue start``) and waits for it.  Every seed retrains everything — dense, cont
 model — because that is part of the variance.  ``plot`` reads the results back with ``dvc exp
 show --json`` — no separate tracker — and writes ``plots/frontier_runs.csv`` (one row per
 experiment and model: the pruned model, its small-dense baseline, the dense model and the
-control; rows already there for experiments DVC no longer holds are kept, so a sweep spread
-over several machines or sessions adds up, and ``sweep`` skips every point already in it), ``plots/frontier.csv`` (one row per line and target sparsity: mean and standard
+control; with ``--keep-runs`` rows already there for experiments DVC no longer holds are kept,
+so a sweep spread over several machines or sessions adds up, and ``sweep`` skips the points in it), ``plots/frontier.csv`` (one row per line and target sparsity: mean and standard
 deviation of the accuracy over the seeds, how many, the mean measured sparsity) and
 ``plots/frontier.png`` (the means with ±1 standard deviation bands).
 """
@@ -36,7 +36,7 @@ from sparsenet.pruning import pruned_layer_names
 DEFAULT_SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98)
 DEFAULT_SEEDS = (0, 1, 2)
 RUN_COLUMNS = ("experiment", "kind", "line", "method", "structure", "criterion", "allocation", "scope", "schedule",
-               "exclude", "seed", "target_sparsity", "sparsity", "sparsity_all_layers", "accuracy", "params")
+               "exclude", "seed", "target_sparsity", "sparsity", "sparsity_all_layers", "accuracy", "params", "widths")
 COLUMNS = ("kind", "line", "schedule", "target_sparsity", "sparsity_mean", "accuracy_mean", "accuracy_std", "n",
            "seeds")
 KINDS = ("pruned", "small", "dense", "control")  # what a row measures
@@ -68,50 +68,61 @@ def sweep_points(methods: list[str], sparsities: list[float], structures: list[s
 
 
 def experiment_name(point: dict[str, str], extra: list[str]) -> str:
-    """``sweep-<values>-seed<n>``: the point's values, then those of ``--set``, as a git ref name
-    (only letters, digits and dashes)."""
-    values = [v for key, v in point.items() if key != "seed"] + [e.split("=", 1)[-1] for e in extra]
+    """``sweep-<values>-seed<n>``: the point's values, then each ``--set`` as its key (without
+    ``prune.``) and value (``prune.epochs=6`` → ``epochs6``, ``train.epochs=6`` → ``trainepochs6``),
+    as a git ref name (letters, digits, dashes)."""
+    values = [v for key, v in point.items() if key != "seed"]
+    values += [key.removeprefix("prune.") + value for key, _, value in (e.partition("=") for e in extra)]
     cleaned = ["".join(ch for ch in value if ch.isalnum() or ch == "-") for value in values]
     return "sweep-" + "-".join(v for v in cleaned if v) + f"-seed{point['seed']}"
 
 
-def waiting_names(queue_status: str) -> set[str]:
-    """Names of the experiments ``dvc queue status`` lists as queued or running."""
-    names = set()
+QUEUE_STATES = ("Queued", "Running", "Success", "Failed")
+
+
+def queue_states(queue_status: str) -> dict[str, str]:
+    """Experiment name → state, from ``dvc queue status`` (the last listing of a name wins)."""
+    states = {}
     for line in queue_status.splitlines():
         words = line.split()
-        if len(words) >= 3 and words[-1] in ("Queued", "Running"):
-            names.add(words[1])
-    return names
+        if len(words) >= 3 and words[-1] in QUEUE_STATES:
+            states[words[1]] = words[-1]
+    return states
+
+
+def waiting_names(queue_status: str) -> set[str]:
+    """Names of the experiments ``dvc queue status`` lists as queued or running."""
+    return {name for name, state in queue_states(queue_status).items() if state in ("Queued", "Running")}
 
 
 def queue_sweep(points: list[dict[str, str]], extra: list[str], jobs: int, done: set[str] = frozenset(),
                 poll_seconds: float = 2.0, wait: bool = True) -> int:
     """Queue every point not in ``done`` (experiment names) as a DVC experiment, run the queue and
     (``wait``) wait until it is empty.  Returns how many were queued."""
-    queued = 0
+    mine = []
     for point in points:
         name = experiment_name(point, extra)
         if name in done:
             continue
         sets = [arg for key, value in point.items() for arg in ("-S", f"{key}={value}")]
         _dvc("exp", "run", "--queue", "--name", name, *sets, *[a for e in extra for a in ("-S", e)])
-        queued += 1
-    print(f"{queued} experiments queued, {len(points) - queued} already done or queued")
-    if not queued:
+        mine.append(name)
+    print(f"{len(mine)} experiments queued, {len(points) - len(mine)} already done or queued")
+    if not mine:
         return 0
     _dvc("queue", "start", "--jobs", str(jobs))
     if not wait:
-        return queued
-    while True:
-        status = _dvc("queue", "status", capture=True)
-        if not any(word in status for word in ("Queued", "Running")):
+        return len(mine)
+    while True:  # only this sweep's tasks count: the queue also lists earlier ones, failed or not
+        states = queue_states(_dvc("queue", "status", capture=True))
+        if not any(states.get(name) in ("Queued", "Running") for name in mine):
             break
         time.sleep(poll_seconds)
-    if "Failed" in status:
-        print(status, file=sys.stderr)
-        raise SparseNetError("some sweep experiments failed: see `dvc queue status` and `dvc queue logs <task>`")
-    return queued
+    failed = [name for name in mine if states.get(name) == "Failed"]
+    if failed:
+        raise SparseNetError(f"{len(failed)} sweep experiments failed ({', '.join(failed[:3])}"
+                             f"{', …' if len(failed) > 3 else ''}): see `dvc queue logs <name>`")
+    return len(mine)
 
 
 UNFINISHED = ("queued", "running", "failed")
@@ -179,15 +190,19 @@ def collect_points(exp_show: list) -> list[dict]:
         covered = _covered_sparsity(sparse, method, structure, exclude)
         found = [{**base, "kind": "pruned", "line": line, "sparsity": covered,
                   "sparsity_all_layers": sparse.get("sparsity_all_layers", sparse["sparsity"]),
-                  "accuracy": sparse["accuracy"], "params": sparse.get("nonzero_params", "")}]
+                  "accuracy": sparse["accuracy"], "params": sparse.get("nonzero_params", ""), "widths": ""}]
         if "small" in metrics:
             small = metrics["small"]
-            matched = (f"widths of structured ({structure}{', sensitivity allocation' if allocation == 'sensitivity' else ''}"
-                       f"{variants(('round_to',))})" if structured else "parameters of the pruned model")
+            if structured:  # the widths follow the allocation; by sensitivity, also the criterion
+                by = f", {criterion}, sensitivity allocation" if allocation == "sensitivity" else ""
+                matched = f"widths of structured ({structure}{by}{variants(('round_to',))})"
+            else:  # the non-zero count follows the target and the layers it covers
+                matched = "parameters of the pruned model" + (f", {' '.join(exclude)} dense" if exclude else "")
             share = 1 - small["params"] / dense["params"] if dense.get("params") else covered
             found.append({**base, "kind": "small", "line": f"small dense, from scratch ({matched}){variants(SMALL_KEYS)}"
                           f"{settings}", "sparsity": share, "sparsity_all_layers": share,
-                          "accuracy": small["accuracy"], "params": small["params"]})
+                          "accuracy": small["accuracy"], "params": small["params"],
+                          "widths": " ".join(str(w) for w in small.get("widths", []))})
         references = {"dense": (f"dense LeNet{settings}", dense),
                       "control": (f"control: dense, same total epochs{variants(CONTROL_KEYS)}{settings}",
                                   metrics.get("control"))}
@@ -196,7 +211,7 @@ def collect_points(exp_show: list) -> list[dict]:
                 found.append({**base, "kind": kind, "line": name, "method": "", "structure": "", "criterion": "",
                               "allocation": "", "scope": "", "exclude": "", "target_sparsity": 0.0, "sparsity": 0.0,
                               "sparsity_all_layers": 0.0, "accuracy": model["accuracy"],
-                              "params": model.get("params", "")})
+                              "params": model.get("params", ""), "widths": ""})
         rows += found
     return unique_runs(rows)
 
@@ -208,7 +223,7 @@ def unique_runs(rows: list[dict]) -> list[dict]:
     for row in rows:
         key = (row["kind"], row["line"], row["schedule"] if row["kind"] == "pruned" else "",
                row["target_sparsity"] if row["kind"] in ("pruned", "small") else 0, row["seed"],
-               round(row["accuracy"], 6))
+               row.get("widths", ""), round(row["accuracy"], 6))
         if key not in seen:
             seen.add(key)
             kept.append(row)
@@ -304,7 +319,7 @@ def plot_frontier(rows: list[dict], png: Path, table: Path, runs: Path) -> list[
         seeds = mean["seeds"].split()
         if len(set(seeds)) < len(seeds):
             print(f"notice: {mean['line']} at {mean['target_sparsity']:g} has several runs of one seed ({mean['seeds']}): "
-                  "results of different code? plot experiments of one commit (--rev) or start over (--fresh)",
+                  "results of different code? plot the experiments of one commit (--rev, without --keep-runs)",
                   file=sys.stderr)
     write_text(runs, _csv(rows, RUN_COLUMNS))
     write_text(table, _csv(means, COLUMNS))
@@ -341,10 +356,10 @@ def main(argv: list[str] | None = None) -> None:
     for p in (sweep, sub.choices["plot"]):
         p.add_argument("--png", type=Path, default=Path("plots/frontier.png"))
         p.add_argument("--csv", type=Path, default=Path("plots/frontier.csv"), help="mean ± std per point")
-        p.add_argument("--runs-csv", type=Path, default=Path("plots/frontier_runs.csv"),
-                       help="one row per run; rows of experiments DVC no longer holds are kept")
-        p.add_argument("--fresh", action="store_true",
-                       help="ignore the runs already in --runs-csv (sweep: rerun them; plot: drop them)")
+        p.add_argument("--runs-csv", type=Path, default=Path("plots/frontier_runs.csv"), help="one row per run")
+        p.add_argument("--keep-runs", action="store_true",
+                       help="the runs CSV is a record: keep its rows of experiments DVC no longer holds (other "
+                       "sessions or machines) and, sweeping, skip the points it holds")
     args = parser.parse_args(argv)
     with one_line_errors():
         if args.command == "sweep":
@@ -354,8 +369,8 @@ def main(argv: list[str] | None = None) -> None:
             bad_seeds = [s for s in args.seeds if not 0 <= s < 2**32]
             if bad_seeds or len(set(args.seeds)) != len(args.seeds):
                 raise SparseNetError(f"--seeds {args.seeds} not allowed; expected distinct integers in 0..{2**32 - 1}")
-            done = set() if args.fresh else {row["experiment"] for row in read_runs(args.runs_csv)
-                                             if row["kind"] == "pruned"}
+            done = {row["experiment"] for row in read_runs(args.runs_csv) if row["kind"] == "pruned"} \
+                if args.keep_runs else set()
             done |= {row["experiment"] for row in collect_points(json.loads(_dvc("exp", "show", "--json", capture=True)))
                      if row["kind"] == "pruned"}
             done |= waiting_names(_dvc("queue", "status", capture=True))  # already on its way
@@ -368,7 +383,7 @@ def main(argv: list[str] | None = None) -> None:
         show += ["--rev", args.rev] if getattr(args, "rev", None) else []
         show += ["--num", str(args.num)] if getattr(args, "num", None) else []
         rows = collect_points(json.loads(_dvc(*show, capture=True)))
-        if not args.fresh:
+        if args.keep_runs:
             rows = merge_runs(read_runs(args.runs_csv), rows)
         means = plot_frontier(rows, args.png, args.csv, args.runs_csv)
     print(f"{len(rows)} runs, {len(means)} points -> {args.png}, {args.csv}, {args.runs_csv}")

@@ -19,6 +19,9 @@ REWIND_POINTS = ("none", "init", "reinit")  # or a dense epoch number 1..train.e
 # The layer each structure never prunes: removing the classifier's filters would remove classes,
 # removing conv1's input channels would remove the image's colours.
 STRUCTURE_KEEPS = {"filters": "fc3", "channels": "conv1"}
+# The largest share a layer's sensitivity curve is measured at: prune.allocation: sensitivity
+# cannot reach a target beyond it.
+SENSITIVITY_MAX_SHARE = 0.98
 
 # Defaults of every key of params.yaml (README, "Parameters").
 DEFAULTS: dict = {

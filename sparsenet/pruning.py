@@ -6,7 +6,7 @@
   whole input channels / input features (``structure="channels"``), lowest ``criterion`` first:
   ``l2`` norm (like ``prune.ln_structured(n=2)``) or summed ``taylor`` importance.  Per layer, the
   share to remove is the target (``uniform``) or a layer's own share from
-  :mod:`sparsenet.allocation`; ``round_to`` rounds the kept count to a multiple.
+  :mod:`sparsenet.sensitivity`; ``round_to`` rounds the kept count to a multiple.
 
 Masks only ever lose entries: already-pruned weights are ranked first, so a later round keeps them
 pruned.  The class outputs are never removed: ``filters`` skips the classifier, unstructured
@@ -15,6 +15,8 @@ the image's colour channels.  At least one filter / channel survives in every pr
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -62,12 +64,13 @@ def unstructured_mask(scores: torch.Tensor, mask: torch.Tensor, amount: float,
 
 def kept_slices(count: int, amount: float, round_to: int = 1) -> int:
     """How many of ``count`` slices survive pruning ``amount`` of them: ``count − round(amount · count)``,
-    rounded to the nearest multiple of ``round_to`` (at least ``round_to``, at most ``count``), and
-    never below one.  A layer with at most ``round_to`` slices keeps the unrounded count.
+    rounded to the nearest multiple of ``round_to`` (halves up; at least ``round_to``, at most
+    ``count``), and never below one.  A layer with at most ``round_to`` slices keeps the
+    unrounded count, and ``amount`` 0 keeps every slice.
     """
     keep = count - round(amount * count)
-    if round_to > 1 and count > round_to:
-        keep = min(count, max(round_to, round(keep / round_to) * round_to))
+    if round_to > 1 and count > round_to and amount > 0:
+        keep = min(count, max(round_to, math.floor(keep / round_to + 0.5) * round_to))
     return max(keep, 1)
 
 

@@ -3,10 +3,9 @@ shares that reach an overall target with the least loss.
 
 :func:`measure` prunes one layer at a time (no retraining; Han et al. 2015, Fig. 6) and records
 accuracy; :func:`allocate` turns those curves into per-layer shares for ``prune.allocation:
-sensitivity``: every layer is pruned as far as it can go while its own accuracy drop stays under
-one common threshold, and the threshold is the smallest that reaches the target (NNI's
-sensitivity pruner works the same way).  The drops are treated as adding up; layers interact,
-which is why pruning then retrains.
+sensitivity``: the shares that reach the target (weighted by each layer's weights) with the least
+summed drop.  The drops are treated as adding up; layers interact, which is why pruning then
+retrains.
 """
 
 from __future__ import annotations
@@ -20,11 +19,12 @@ from tqdm import tqdm
 from sparsenet.data import BatchLoader
 from sparsenet.errors import SparseNetError
 from sparsenet.models import SparseNet, sparse_layers
+from sparsenet.options import SENSITIVITY_MAX_SHARE
 from sparsenet.pruning import prune_layer, pruned_layer_names
 from sparsenet.training import evaluate
 
 # Shares measured per layer; 0.0 is the unpruned model every drop is measured against.
-SHARES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98)
+SHARES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, SENSITIVITY_MAX_SHARE)
 _STEP = 0.001  # resolution of the shares allocate() picks
 
 
@@ -75,45 +75,52 @@ def _curves(rows: list[dict]) -> dict[str, tuple[int, np.ndarray, np.ndarray]]:
 
 def allocate(rows: list[dict], target: float) -> dict[str, float]:
     """Per-layer shares whose weighted mean (by weight count) reaches ``target`` with the least
-    summed accuracy drop along the curves of :func:`measure`.
+    summed accuracy drop along the curves of :func:`measure` (the drops taken as adding up).
 
-    For a threshold ``t`` each layer takes the largest share (on a 0.001 grid, the drop
-    interpolated linearly between measured shares) whose drop is at most ``t``; the smallest
-    ``t`` that reaches ``target`` wins, its shares blended with those of the next lower
-    threshold so the weighted mean is ``target`` itself.  Raises when even every layer at its
-    largest measured share falls short.
+    A Lagrangian search: for a price ``λ`` on accuracy per pruned weight, each layer takes the
+    share (on a 0.001 grid, drops interpolated linearly between measured shares) that minimises
+    ``drop − λ · weights/total · share``; ``λ`` is raised until the target is reached, and the
+    shares of the two prices around it are blended so the weighted mean is ``target`` itself.
+    This is the least summed drop wherever the curves are convex (Everett 1963) and picks
+    points of their convex hulls elsewhere.  Raises when even every layer at its largest
+    measured share falls short.
     """
     curves = _curves(rows)
+    total = sum(weights for weights, _, _ in curves.values())
     grids = {name: np.arange(0.0, shares[-1] + _STEP / 2, _STEP) for name, (_, shares, _) in curves.items()}
     drops = {name: np.interp(grids[name], shares, d) for name, (_, shares, d) in curves.items()}
-    total = sum(weights for weights, _, _ in curves.values())
 
-    def shares_at(threshold: float) -> dict[str, float]:
+    def shares_at(price: float) -> dict[str, float]:
         out = {}
-        for name in curves:
-            within = np.nonzero(drops[name] <= threshold + 1e-12)[0]
-            out[name] = float(grids[name][within[-1]]) if len(within) else 0.0
+        for name, (weights, _, _) in curves.items():
+            cost = drops[name] - price * weights / total * grids[name]
+            out[name] = float(grids[name][np.flatnonzero(cost <= cost.min() + 1e-12)[0]])  # ties: the smaller share
         return out
 
     def reached(shares: dict[str, float]) -> float:
         return sum(curves[name][0] * share for name, share in shares.items()) / total
 
-    highest = max(float(d[-1]) for d in drops.values())
-    if reached(shares_at(highest)) < target - 1e-9:
+    most = {name: float(grid[-1]) for name, grid in grids.items()}
+    if reached(most) < target - 1e-9:
         raise SparseNetError(f"sensitivity allocation cannot reach sparsity {target:g}: the measured shares "
-                             f"(at most {max(SHARES):g} per layer) reach {reached(shares_at(highest)):.4f}")
-    candidates = np.unique(np.concatenate([d for d in drops.values()]))
-    low, high = 0, len(candidates) - 1  # smallest candidate threshold that reaches the target
-    while low < high:
-        middle = (low + high) // 2
-        if reached(shares_at(candidates[middle])) >= target - 1e-9:
+                             f"(at most {max(SHARES):g} per layer) reach {reached(most):.4f}")
+    # Past this price every layer goes as far as its curve allows: each extra share costs less.
+    high = 1.0 + max(float(d.max()) for d in drops.values()) * total / max(1, min(w for w, _, _ in curves.values())) / _STEP
+    low = 0.0
+    if reached(shares_at(low)) >= target - 1e-9:
+        high = low
+    for _ in range(100):  # bisect the price down to where the target is first reached
+        if high - low <= 1e-12 * max(1.0, high):
+            break
+        middle = (low + high) / 2
+        if reached(shares_at(middle)) >= target - 1e-9:
             high = middle
         else:
-            low = middle + 1
-    # That threshold may overshoot (several layers step up at once, e.g. all free of loss up to a
-    # high share): blend with the shares just below it to land on the target.
-    upper = shares_at(candidates[low])
-    lower = shares_at(candidates[low - 1]) if low > 0 else {name: 0.0 for name in curves}
+            low = middle
+    upper = shares_at(high)
+    if reached(upper) < target - 1e-9:
+        upper = most
+    lower = shares_at(low) if low < high else {name: 0.0 for name in curves}
     span = reached(upper) - reached(lower)
     blend = 1.0 if span <= 0 else min(1.0, max(0.0, (target - reached(lower)) / span))
     return {name: round(lower[name] + blend * (upper[name] - lower[name]), 6) for name in curves}

@@ -52,6 +52,8 @@ def test_missing_keys_take_defaults():
     ({"prune": {"allocation": "greedy"}}, ["prune.allocation", "'greedy'", "uniform, sensitivity"]),
     ({"prune": {"score_batches": 0}}, ["prune.score_batches", "1..100000"]),
     ({"prune": {"round_to": 0}}, ["prune.round_to", "1..4096"]),
+    ({"prune": {"method": "structured", "allocation": "sensitivity", "sparsity": 0.99}},
+     ["prune.sparsity", "0.99", "[0, 0.98]", "prune.allocation = 'sensitivity'"]),
     ({"prune": {"method": "magnitude", "scope": "global", "allocation": "sensitivity"}},
      ["prune.allocation = 'sensitivity' needs prune.scope = 'layer'", "magnitude"]),
     ({"prune": {"method": "structured", "exclude": ["conv1", "conv2", "fc1", "fc2"]}},

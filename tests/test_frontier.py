@@ -181,8 +181,10 @@ def test_experiment_names_hold_every_value_and_stay_valid_ref_names():
     point = {"prune.method": "structured", "prune.structure": "filters", "prune.criterion": "l2",
              "prune.sparsity": "0.5", "seed": "2"}
     assert experiment_name(point, ["prune.allocation=sensitivity", "prune.exclude=[fc1]"]) == \
-        "sweep-structured-filters-l2-05-sensitivity-fc1-seed2"
+        "sweep-structured-filters-l2-05-allocationsensitivity-excludefc1-seed2"
     assert experiment_name(point, []) != experiment_name(point, ["prune.allocation=sensitivity"])
+    names = {experiment_name(point, [extra]) for extra in ("prune.epochs=5", "prune.finetune_epochs=5", "train.epochs=5")}
+    assert len(names) == 3  # the same value under different keys: different experiments
 
 
 def test_points_already_queued_or_running_are_recognised_in_the_queue_status():
@@ -196,3 +198,15 @@ d1e81c8  sweep-magnitude-095-seed1  04:48 AM   Running
 
 Worker status: 1 active, 0 idle"""
     assert waiting_names(status) == {"sweep-magnitude-095-seed1", "sweep-magnitude-098-seed0"}
+
+
+def test_small_models_of_different_widths_are_different_lines_or_runs():
+    plain = _seeded("plain", "magnitude", 0.9, 0, 0.90, 0.80, 0.91)
+    excluded = _seeded("fc1-dense", "magnitude", 0.9, 0, 0.89, 0.80, 0.91)  # same small accuracy by chance
+    excluded["data"]["params"]["params.yaml"]["data"]["prune"]["exclude"] = ["fc1"]
+    excluded["data"]["metrics"]["metrics/evaluate.json"]["data"]["small"]["widths"] = [6, 16, 120, 84]
+    rows = collect_points([{"rev": "base", "data": {}, "experiments": [_experiment("success", plain),
+                                                                       _experiment("success", excluded)]}])
+    smalls = [r for r in rows if r["kind"] == "small"]
+    assert len(smalls) == 2 and len({r["line"] for r in smalls}) == 2
+    assert all(m["n"] == 1 for m in aggregate(rows) if m["kind"] == "small")

@@ -12,7 +12,7 @@ from sparsenet.errors import SparseNetError
 from sparsenet.checkpoints import load_checkpoint
 from sparsenet.models import LeNet, SparseNet, initial_state
 from sparsenet.checkpoints import rewind_state
-from sparsenet.pipeline.prune_train import _draw_seed, prune_train
+from sparsenet.pipeline.prune_train import prune_train
 from sparsenet.pipeline.stage import Paths
 from sparsenet.pipeline.train_dense import train_dense
 from sparsenet.pruning import prune_model
@@ -34,8 +34,8 @@ def test_rewind_restores_surviving_weights_and_keeps_masks(dense, sparse):
         assert (layer.weight[~layer.mask] == 0).all()
 
 
-def small_config(**prune):
-    return config_from_dict({"seed": 0, "train": {"epochs": 2, "batch_size": 32, "lr": 0.01},
+def small_config(seed=0, **prune):
+    return config_from_dict({"seed": seed, "train": {"epochs": 2, "batch_size": 32, "lr": 0.01},
                              "prune": {"method": "magnitude", "sparsity": 0.6, "epochs": 1,
                                        "finetune_epochs": 1, **prune}})
 
@@ -68,23 +68,28 @@ def test_prune_train_rewinds_then_trains_the_ticket(tmp_path, point):
         assert 0 < distance < 1e-4, f"{layer}: the rewound ticket, trained on (moved by {distance})"
 
 
-def test_reinit_restarts_the_survivors_from_a_fresh_draw_not_the_dense_init(tmp_path):
-    # Same tiny learning rate: the final survivors sit right at the weights they restarted from.
-    paths = run_in(tmp_path, small_config(rewind="reinit", lr=1e-7))
-    history = load_checkpoint(paths.dense_history)
-    init = rewind_state(history, "init")
-    sparse = load_checkpoint(paths.sparse_model)
-    model = LeNet(4, 32)
-    fresh = initial_state(model, _draw_seed(0, "reinit", 0))
+def test_reinit_restarts_the_survivors_from_fresh_draws_not_the_dense_init(tmp_path):
+    # Two pruning rounds and a tiny learning rate: the survivors end where the last round's draw put them.
+    def survivors(seed: int, rewind: str):
+        paths = run_in(tmp_path / f"{rewind}{seed}", small_config(rewind=rewind, lr=1e-7, epochs=2, seed=seed))
+        return load_checkpoint(paths.sparse_model), rewind_state(load_checkpoint(paths.dense_history), "init")
+
+    reinit, init = survivors(0, "reinit")
+    ticket, _ = survivors(0, "init")
+    other_seed, _ = survivors(1, "reinit")
     for layer in ("conv1", "conv2", "fc1", "fc2", "fc3"):
-        mask, weight = sparse[f"{layer}.mask"], sparse[f"{layer}.weight"]
+        mask, weight = reinit[f"{layer}.mask"], reinit[f"{layer}.weight"]
         assert not mask.all(), "pruning happened"
-        distance = (weight - fresh[f"{layer}.weight"] * mask).abs().max()
-        assert 0 < distance < 1e-4, f"{layer}: the re-initialised ticket, trained on (moved by {distance})"
-        assert (weight - init[f"{layer}.weight"] * mask).abs().max() > 1e-3, "not the dense run's init"
-        # drawn from the initial distribution: PyTorch's bound 1/sqrt(fan_in) holds for the fresh draw
-        bound = 1 / fresh[f"{layer}.weight"][0].numel() ** 0.5
-        assert fresh[f"{layer}.weight"].abs().max() <= bound and fresh[f"{layer}.weight"].abs().max() > 0.9 * bound
+        assert (weight[~mask] == 0).all()
+        kept = weight[mask]
+        assert (kept - init[f"{layer}.weight"][mask]).abs().max() > 1e-3, "not the dense run's init"
+        own = ticket[f"{layer}.mask"]  # the same procedure with init: survivors sit at the dense init
+        assert (ticket[f"{layer}.weight"][own] - init[f"{layer}.weight"][own]).abs().max() < 1e-4
+        # PyTorch's initial distribution: uniform in ±1/sqrt(fan_in), spread over the whole range
+        bound = 1 / weight[0].numel() ** 0.5
+        assert kept.abs().max() <= bound * 1.001 and kept.abs().max() > 0.9 * bound
+        assert kept.std() == pytest.approx(bound / 3 ** 0.5, rel=0.35)
+        assert not torch.equal(other_seed[f"{layer}.weight"], weight), "a seed of its own"
 
 
 def test_initial_state_is_seeded_and_leaves_the_global_random_state_alone():

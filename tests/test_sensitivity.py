@@ -61,6 +61,9 @@ def test_measure_prunes_one_layer_at_a_time_and_leaves_the_model_alone(dense):
 @pytest.mark.parametrize("count, amount, round_to, kept", [
     (120, 0.5, 1, 60), (120, 0.5, 8, 64), (84, 0.5, 8, 40), (16, 0.9, 8, 8),
     (6, 0.5, 8, 3),  # no more slices than round_to: unrounded
+    (84, 0.0, 8, 84), (100, 0.0, 8, 100),  # nothing to prune: nothing rounded away
+    (100, 0.5, 8, 48), (84, 0.25, 8, 64),  # 50 → 48; 63 → 64
+    (120, 0.3, 8, 88),  # 84 = 10.5 · 8: a half rounds up (88), not to the even 80
     (16, 0.99, 1, 1),  # one always survives
 ])
 def test_kept_slices_round_to_a_multiple(count, amount, round_to, kept):
@@ -77,3 +80,38 @@ def test_layer_amounts_give_each_layer_its_own_share(sparse):
     prune_model(sparse, "structured", 0.5, layer_amounts={"conv1": 0.0, "conv2": 0.25, "fc1": 0.5, "fc2": 0.75})
     alive = {name: int(layer.mask.flatten(1).any(dim=1).sum()) for name, layer in sparse.sparse_layers()}
     assert alive == {"conv1": 6, "conv2": 12, "fc1": 60, "fc2": 21, "fc3": 10}
+
+
+def test_allocation_minimises_the_summed_drop_not_the_largest_one():
+    # "steep" loses 0.10 linearly up to 0.9; "flat" loses 0.05 at once, then little more up to 0.9.
+    # Equal drops (a common threshold) would give about 0.5 / 0.5 and lose 0.110 in all; the least
+    # summed drop prunes "flat" to 0.9 and "steep" to 0.1: 0.06 + 0.011 = 0.071.
+    rows = curve_rows({"steep": (1000, [(0.0, 0.0), (0.9, 0.10)]),
+                       "flat": (1000, [(0.0, 0.0), (0.1, 0.05), (0.9, 0.06)])})
+    shares = allocate(rows, 0.5)
+    assert shares["flat"] == pytest.approx(0.9, abs=2e-3) and shares["steep"] == pytest.approx(0.1, abs=2e-3)
+
+
+def test_allocation_matches_a_brute_force_search_on_convex_curves():
+    import itertools
+
+    import numpy as np
+
+    curves = {"a": (450, [(0.0, 0.0), (0.5, 0.02), (0.9, 0.2)]), "b": (2400, [(0.0, 0.0), (0.5, 0.01), (0.9, 0.05)]),
+              "c": (30000, [(0.0, 0.0), (0.5, 0.002), (0.9, 0.03)])}
+    rows = curve_rows(curves)
+    target = 0.7
+    shares = allocate(rows, target)
+    total = sum(w for w, _ in curves.values())
+
+    def drop(name, share):
+        points = curves[name][1]
+        return float(np.interp(share, [p for p, _ in points], [d for _, d in points]))
+
+    grid = np.round(np.arange(0, 0.9001, 0.01), 2)
+    best = min(sum(drop(n, s) for n, s in zip(curves, combo))
+               for combo in itertools.product(grid, repeat=3)
+               if sum(curves[n][0] * s for n, s in zip(curves, combo)) / total >= target)
+    ours = sum(drop(name, share) for name, share in shares.items())
+    assert sum(curves[n][0] * shares[n] for n in curves) / total == pytest.approx(target, abs=1e-4)
+    assert ours <= best + 1e-3

@@ -46,8 +46,8 @@ def prune_train(cfg: Config, paths: Paths = Paths()) -> list[dict]:
 
     With ``prune.rewind`` the surviving weights then go back to their dense values at
     initialisation or that epoch, or (``reinit``, the random-reinitialisation control of Frankle &
-    Carbin 2019) to weights drawn afresh from the initial distribution with a seed of their own —
-    one draw, used at every round, so it differs from ``init`` in nothing but the seed.  Training
+    Carbin 2019) to weights drawn afresh from the initial distribution after every pruning step,
+    each draw with a seed of its own (derived from ``seed`` and the round).  Training
     then goes on with a fresh Adam and the learning-rate schedule from its start (see
     :func:`sparsenet.training.fit`).  ``prune.finetune_epochs`` further epochs then train with
     the final masks fixed; a rewind needs at least one, so the model that leaves this step is
@@ -62,9 +62,7 @@ def prune_train(cfg: Config, paths: Paths = Paths()) -> list[dict]:
     net = SparseNet.from_dense(dense).to(memory_format=torch.channels_last)
     p = cfg.prune
     rewind_to = None
-    if p.rewind == "reinit":
-        rewind_to = initial_state(net, _draw_seed(cfg.seed, "reinit", 0))
-    elif p.rewind != "none":
+    if p.rewind not in ("none", "reinit"):
         rewind_to = rewind_state(load_checkpoint(paths.dense_history), p.rewind)
     covered = pruned_layer_names(p.method, p.structure, p.exclude)
     shares = None
@@ -88,7 +86,10 @@ def prune_train(cfg: Config, paths: Paths = Paths()) -> list[dict]:
                         round_to=p.round_to)
             loss, accuracy = evaluate(net, test)
             record.update({"test_loss_after_prune": loss, "test_accuracy_after_prune": accuracy})
-            if rewind_to is not None:  # lottery-ticket style: surviving weights restart from there
+            if p.rewind == "reinit":  # the ticket's control: the same masks, weights drawn afresh
+                net.rewind(initial_state(net, _draw_seed(cfg.seed, "reinit", epoch)))
+                rewound = True
+            elif rewind_to is not None:  # lottery-ticket style: surviving weights restart from there
                 net.rewind(rewind_to)
                 rewound = True
         layers = layer_sparsity(net)

@@ -72,6 +72,9 @@ def train_small(cfg: Config, paths: Paths = Paths()) -> list[dict]:
     how = "the compact model's widths" if cfg.prune.method == "structured" else "parameters matched"
     print(f"small dense LeNet: widths {list(widths)}, {params:,} parameters; the pruned model has "
           f"{nonzero:,} non-zero ({how})")
+    if cfg.prune.method != "structured" and abs(params - nonzero) > PARAMS_TOLERANCE * nonzero:
+        print(f"notice: no LeNet comes within {PARAMS_TOLERANCE:.0%} of {nonzero:,} parameters; the closest, "
+              f"{params:,}, is trained")
     epochs = cfg.train.epochs + cfg.prune.epochs + cfg.prune.finetune_epochs
     with new_live(paths.small_log) as live:
         resume = resume_args(paths, "train_small", cfg, paths.prepared, paths.sparse_model, paths.compact_model)

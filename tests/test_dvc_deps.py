@@ -151,28 +151,38 @@ def test_tracked_config_records_nested_reads():
     assert log == {"prune.method", "seed", "data.synthetic.classes"}
 
 
-def test_each_stage_declares_every_param_it_reads(tmp_path):
-    """Run every step in-process on tiny data; each param it reads is under its dvc.yaml ``params``."""
+def test_each_stage_declares_exactly_the_params_it_reads(tmp_path):
+    """Run every step in-process on tiny data, under two configs that take different paths (an
+    unstructured rewind; structured Taylor pruning with sensitivity allocation): each param a
+    step reads is under its dvc.yaml ``params``, and each declared one is read."""
     from dataclasses import fields
     from importlib import import_module
 
     from sparsenet.config import config_from_dict
     from sparsenet.pipeline.stage import Paths
 
-    cfg = config_from_dict({
-        "data": {"source": "synthetic", "image_size": 32, "synthetic": {"train_size": 64, "test_size": 32}},
-        "train": {"epochs": 1, "batch_size": 32},
-        "prune": {"epochs": 1, "finetune_epochs": 1, "rewind": "init", "lr_schedule": "cosine"},
-    })
-    paths = Paths(**{f.name: tmp_path / getattr(Paths(), f.name) for f in fields(Paths)})
-    undeclared = {}
-    for name, stage in STAGES.items():
-        reads: set[str] = set()
-        step = getattr(import_module(f"sparsenet.pipeline.{name}"), name)
-        step(tracked(cfg, reads), paths)
-        params = stage.get("params", [])
-        missing = {key for key in reads if not any(key == p or key.startswith(p + ".") for p in params)}
-        if missing:
-            undeclared[name] = missing
-        assert reads or not params, f"{name}: declares params but read none (the tracking failed?)"
+    base = {"data": {"source": "synthetic", "image_size": 32, "synthetic": {"train_size": 64, "test_size": 32}},
+            "train": {"epochs": 1, "batch_size": 32}}
+    configs = {
+        "rewind": {"prune": {"epochs": 1, "finetune_epochs": 1, "rewind": "init", "lr_schedule": "cosine"}},
+        "structured": {"prune": {"method": "structured", "criterion": "taylor", "allocation": "sensitivity",
+                                 "round_to": 4, "score_batches": 1, "sparsity": 0.5, "epochs": 1,
+                                 "finetune_epochs": 1}},
+    }
+    undeclared, reads = {}, {name: set() for name in STAGES}
+    for label, overrides in configs.items():
+        cfg = config_from_dict({**base, **overrides})
+        paths = Paths(**{f.name: tmp_path / label / getattr(Paths(), f.name) for f in fields(Paths)})
+        for name, stage in STAGES.items():
+            read: set[str] = set()
+            step = getattr(import_module(f"sparsenet.pipeline.{name}"), name)
+            step(tracked(cfg, read), paths)
+            params = stage.get("params", [])
+            missing = {key for key in read if not any(key == p or key.startswith(p + ".") for p in params)}
+            if missing:
+                undeclared[f"{name} ({label})"] = missing
+            reads[name] |= read
     assert undeclared == {}
+    unread = {name: [p for p in stage.get("params", []) if not any(r == p or r.startswith(p + ".") for r in reads[name])]
+              for name, stage in STAGES.items()}
+    assert {name: keys for name, keys in unread.items() if keys} == {}

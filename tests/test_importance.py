@@ -84,3 +84,36 @@ def test_taylor_pruning_without_scores_is_refused(sparse):
         prune_model(sparse, "structured", 0.5, criterion="taylor")
     assert uses_taylor("structured", "taylor") and not uses_taylor("structured", "l2")
     assert uses_taylor("taylor", "l2") and not uses_taylor("magnitude", "taylor")
+
+
+def test_taylor_scores_of_lenet_match_plain_autograd(sparse):
+    # The model's forward runs the compiled conv blocks under autograd; the reference is a plain
+    # functional LeNet (PyTorch's conv2d, max_pool2d, relu) differentiated by autograd.
+    import torch.nn.functional as F
+
+    prune_model(sparse, "magnitude", 0.5)  # masked weights must score zero
+    torch.manual_seed(3)
+    batches = [(torch.randn(8, 3, 32, 32).contiguous(memory_format=torch.channels_last), torch.randint(0, 10, (8,)))
+               for _ in range(2)]
+    scores = taylor_scores(sparse, batches)
+
+    names = [name for name, _ in sparse.sparse_layers()]
+    params = {name: (getattr(sparse, name).masked_weight().detach().clone().requires_grad_(),
+                     getattr(sparse, name).masked_bias().detach().clone()) for name in names}
+
+    def forward(x):
+        for conv in ("conv1", "conv2"):
+            x = F.relu(F.max_pool2d(F.conv2d(x, *params[conv]), 2))
+        x = torch.flatten(x, 1)
+        x = F.relu(F.linear(x, *params["fc1"]))
+        x = F.relu(F.linear(x, *params["fc2"]))
+        return F.linear(x, *params["fc3"])
+
+    expected = {name: torch.zeros_like(params[name][0]) for name in names}
+    for images, labels in batches:
+        grads = torch.autograd.grad(F.cross_entropy(forward(images), labels), [params[n][0] for n in names])
+        for name, grad in zip(names, grads):
+            expected[name] += (params[name][0].detach() * grad).abs()
+    for name in names:
+        assert torch.allclose(scores[name], expected[name], rtol=1e-4, atol=1e-7), name
+        assert (scores[name][~getattr(sparse, name).mask] == 0).all()

@@ -367,7 +367,6 @@ def test_frontier_sweep_runs_every_point_per_seed_and_aggregates(tmp_path):
     pruned = [r for r in runs if r["kind"] == "pruned"]
     assert len(pruned) == 2, "the baseline repeats seed 0's experiment: listed once"
     assert all(abs(float(r["sparsity"]) - 0.8) < 0.01 for r in pruned)
-    assert pruned[0]["accuracy"] != pruned[1]["accuracy"] or pruned[0]["experiment"] != pruned[1]["experiment"]
     with open(tmp_path / "plots" / "frontier.csv") as fh:
         means = {(r["kind"], r["target_sparsity"]): r for r in csv.DictReader(fh)}
     point = means[("pruned", "0.8")]

@@ -182,10 +182,10 @@ def sensitivity_figure(rows: list[dict], path: Path) -> Path:
         group = group.sort_values("sparsity")
         weights = int(group["weights"].iloc[0])
         ax.plot(100 * group["sparsity"], 100 * group["accuracy"], "o-", label=f"{layer} ({weights:,} weights)")
-    base = frame.loc[frame["sparsity"] == 0, "accuracy"]
+    base = frame.loc[frame["share"] == 0, "accuracy"]
     if len(base):
         ax.axhline(100 * base.iloc[0], color="grey", ls="--", label=f"unpruned ({100 * base.iloc[0]:.2f}%)")
-    ax.set(xlabel="share of the layer pruned (%)", ylabel="test accuracy (%)",
+    ax.set(xlabel="sparsity of the layer pruned (%)", ylabel="test accuracy (%)",
            title="Per-layer sensitivity: one layer pruned at a time, no retraining")
     ax.legend(fontsize=8)
     return _save(fig, path)

@@ -33,8 +33,9 @@ def measure(model: SparseNet, loader: BatchLoader, method: str, structure: str, 
             taylor: dict[str, torch.Tensor] | None = None, seed: int = 0) -> list[dict]:
     """Accuracy over ``loader`` with one layer pruned to each share of ``shares``, the others untouched.
 
-    One row per (layer, share): ``layer``, ``weights`` (the layer's weight count), ``sparsity``
-    (the share), ``accuracy`` and ``drop`` (accuracy lost against the unpruned model).  Layers are
+    One row per (layer, share): ``layer``, ``weights`` (the layer's weight count), ``share`` (asked
+    for), ``sparsity`` (the layer's sparsity reached: structured pruning keeps whole filters, at
+    least one), ``accuracy`` and ``drop`` (accuracy lost against the unpruned model).  Layers are
     those the target covers (:func:`sparsenet.pruning.pruned_layer_names`).  ``model`` is left as
     it is.
     """
@@ -45,16 +46,17 @@ def measure(model: SparseNet, loader: BatchLoader, method: str, structure: str, 
     bar = tqdm(total=len(covered) * len(shares), desc="sensitivity", unit="eval", leave=False, disable=None)
     for name in covered:
         for share in shares:
-            accuracy = base
+            accuracy, reached = base, 1.0 - getattr(model, name).mask.float().mean().item()
             if share > 0:
                 pruned = copy.deepcopy(model)
                 layer = getattr(pruned, name)
                 prune_layer(layer, method, share, structure, torch.Generator().manual_seed(seed),
                             protect_outputs=name == classifier, criterion=criterion,
                             taylor=None if taylor is None else taylor[name])
+                reached = 1.0 - layer.mask.float().mean().item()
                 _, accuracy = evaluate(pruned, loader)
-            rows.append({"layer": name, "weights": getattr(model, name).weight.numel(), "sparsity": share,
-                         "accuracy": accuracy, "drop": base - accuracy})
+            rows.append({"layer": name, "weights": getattr(model, name).weight.numel(), "share": share,
+                         "sparsity": reached, "accuracy": accuracy, "drop": base - accuracy})
             bar.update()
     bar.close()
     return rows
@@ -65,7 +67,11 @@ def _curves(rows: list[dict]) -> dict[str, tuple[int, np.ndarray, np.ndarray]]:
     at a higher share than at a lower one)."""
     curves = {}
     for name in dict.fromkeys(row["layer"] for row in rows):
-        own = sorted((row["sparsity"], row["drop"]) for row in rows if row["layer"] == name)
+        reached: dict[float, float] = {}  # several shares can reach one sparsity (whole filters): keep the worst
+        for row in rows:
+            if row["layer"] == name:
+                reached[row["sparsity"]] = max(reached.get(row["sparsity"], 0.0), row["drop"])
+        own = sorted(reached.items())
         shares = np.array([share for share, _ in own])
         drops = np.maximum.accumulate(np.maximum([drop for _, drop in own], 0.0))
         weights = next(row["weights"] for row in rows if row["layer"] == name)

@@ -26,7 +26,7 @@ from sparsenet.sensitivity import measure
 from sparsenet.training import EVAL_BATCH_SIZE
 
 DEFAULT_SHARES = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
-COLUMNS = ("layer", "weights", "sparsity", "accuracy", "drop")
+COLUMNS = ("layer", "weights", "share", "sparsity", "accuracy", "drop")
 
 
 def probe(model_path: Path, params: str, shares: tuple[float, ...], prepared: Path = Path("data/prepared")) -> list[dict]:
@@ -48,8 +48,8 @@ def probe(model_path: Path, params: str, shares: tuple[float, ...], prepared: Pa
     rows = measure(model, test, p.method, p.structure, p.criterion, tuple(p.exclude), (0.0, *shares), taylor,
                    cfg.seed)
     for row in rows:
-        if row["sparsity"] > 0:
-            print(f"  {row['layer']:>5} at {row['sparsity']:.2f}: {row['accuracy']:.4f} "
+        if row["share"] > 0:
+            print(f"  {row['layer']:>5} at {row['share']:.2f}: {row['accuracy']:.4f} "
                   f"({-row['drop'] * 100:+.2f} points)")
     return rows
 

@@ -253,10 +253,11 @@ def test_cli_runs_the_same_steps_and_inspects_checkpoints(project, tmp_path):
     assert "conv1 at 0.90" in probe.stdout and figure.read_bytes()[:4] == b"\x89PNG"
     with open(table) as fh:
         rows = list(csv.DictReader(fh))
-    assert [(r["layer"], r["sparsity"]) for r in rows[:3]] == [("conv1", "0.0"), ("conv1", "0.5"), ("conv1", "0.9")]
-    assert len(rows) == 5 * 3 and all(float(r["drop"]) == 0 for r in rows if r["sparsity"] == "0.0")
+    assert [(r["layer"], r["share"]) for r in rows[:3]] == [("conv1", "0.0"), ("conv1", "0.5"), ("conv1", "0.9")]
+    assert len(rows) == 5 * 3 and all(float(r["drop"]) == 0 for r in rows if r["share"] == "0.0")
     dense_accuracy = json.loads(before)["dense"]["accuracy"]
-    assert all(float(r["accuracy"]) == pytest.approx(dense_accuracy) for r in rows if r["sparsity"] == "0.0")
+    assert all(float(r["accuracy"]) == pytest.approx(dense_accuracy) for r in rows if r["share"] == "0.0")
+    assert all(float(r["sparsity"]) == pytest.approx(float(r["share"]), abs=0.01) for r in rows)  # magnitude
 
 
 def test_prune_train_logs_only_what_each_epoch_measured(project):

@@ -45,7 +45,9 @@ def test_measure_prunes_one_layer_at_a_time_and_leaves_the_model_alone(dense):
     images, labels = torch.randn(64, 3, 32, 32), torch.randint(0, 10, (64,))
     loader = [(images[:32], labels[:32]), (images[32:], labels[32:])]
     rows = measure(sparse, loader, "structured", "filters", "l2", shares=(0.0, 0.5, 0.9))
-    assert [(r["layer"], r["sparsity"]) for r in rows][:3] == [("conv1", 0.0), ("conv1", 0.5), ("conv1", 0.9)]
+    assert [(r["layer"], r["share"]) for r in rows][:3] == [("conv1", 0.0), ("conv1", 0.5), ("conv1", 0.9)]
+    # whole filters: conv1 at 0.9 removes 5 of its 6 (one always stays), fc1 at 0.9 108 of 120
+    assert [round(r["sparsity"], 4) for r in rows][:3] == [0.0, 0.5, round(5 / 6, 4)]
     assert {r["layer"] for r in rows} == {"conv1", "conv2", "fc1", "fc2"}  # filters never prune fc3
     assert all(layer.mask.all() for _, layer in sparse.sparse_layers())
     with torch.no_grad():
@@ -53,7 +55,8 @@ def test_measure_prunes_one_layer_at_a_time_and_leaves_the_model_alone(dense):
         one = SparseNet.from_dense(dense)
         prune_model(one, "structured", 0.9, exclude=("conv1", "conv2", "fc2"))  # fc1 alone at 0.9
         expected = (one(images).argmax(1) == labels).float().mean().item()
-    fc1 = next(r for r in rows if r["layer"] == "fc1" and r["sparsity"] == 0.9)
+    fc1 = next(r for r in rows if r["layer"] == "fc1" and r["share"] == 0.9)
+    assert fc1["sparsity"] == pytest.approx(0.9)
     assert fc1["accuracy"] == pytest.approx(expected) and fc1["drop"] == pytest.approx(base - expected)
     assert fc1["weights"] == sparse.fc1.weight.numel()
 

@@ -163,17 +163,20 @@ def test_each_stage_declares_exactly_the_params_it_reads(tmp_path):
 
     base = {"data": {"source": "synthetic", "image_size": 32, "synthetic": {"train_size": 64, "test_size": 32}},
             "train": {"epochs": 1, "batch_size": 32}}
-    configs = {
-        "rewind": {"prune": {"epochs": 1, "finetune_epochs": 1, "rewind": "init", "lr_schedule": "cosine"}},
-        "structured": {"prune": {"method": "structured", "criterion": "taylor", "allocation": "sensitivity",
-                                 "round_to": 4, "score_batches": 1, "sparsity": 0.5, "epochs": 1,
-                                 "finetune_epochs": 1}},
+    configs = {  # config → the steps to run under it (the second only where the pruning path matters)
+        "rewind": ({"prune": {"epochs": 1, "finetune_epochs": 1, "rewind": "init", "lr_schedule": "cosine"}}, STAGES),
+        "structured": ({"prune": {"method": "structured", "criterion": "taylor", "allocation": "sensitivity",
+                                  "round_to": 4, "score_batches": 1, "sparsity": 0.5, "epochs": 1,
+                                  "finetune_epochs": 1}},
+                       ("prepare", "train_dense", "prune_train", "train_small")),
     }
     undeclared, reads = {}, {name: set() for name in STAGES}
-    for label, overrides in configs.items():
+    for label, (overrides, steps) in configs.items():
         cfg = config_from_dict({**base, **overrides})
         paths = Paths(**{f.name: tmp_path / label / getattr(Paths(), f.name) for f in fields(Paths)})
         for name, stage in STAGES.items():
+            if name not in steps:
+                continue
             read: set[str] = set()
             step = getattr(import_module(f"sparsenet.pipeline.{name}"), name)
             step(tracked(cfg, read), paths)

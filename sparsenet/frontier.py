@@ -36,7 +36,7 @@ from sparsenet.pruning import pruned_layer_names
 DEFAULT_SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98)
 DEFAULT_SEEDS = (0, 1, 2)
 RUN_COLUMNS = ("experiment", "kind", "line", "method", "structure", "criterion", "allocation", "scope", "schedule",
-               "exclude", "seed", "target_sparsity", "sparsity", "sparsity_all_layers", "accuracy", "params", "widths")
+               "exclude", "seed", "target_sparsity", "sparsity", "sparsity_all_layers", "accuracy", "params")
 COLUMNS = ("kind", "line", "schedule", "target_sparsity", "sparsity_mean", "accuracy_mean", "accuracy_std", "n",
            "seeds")
 KINDS = ("pruned", "small", "dense", "control")  # what a row measures
@@ -190,7 +190,7 @@ def collect_points(exp_show: list) -> list[dict]:
         covered = _covered_sparsity(sparse, method, structure, exclude)
         found = [{**base, "kind": "pruned", "line": line, "sparsity": covered,
                   "sparsity_all_layers": sparse.get("sparsity_all_layers", sparse["sparsity"]),
-                  "accuracy": sparse["accuracy"], "params": sparse.get("nonzero_params", ""), "widths": ""}]
+                  "accuracy": sparse["accuracy"], "params": sparse.get("nonzero_params", "")}]
         if "small" in metrics:
             small = metrics["small"]
             if structured:  # the widths follow the allocation; by sensitivity, also the criterion
@@ -201,8 +201,7 @@ def collect_points(exp_show: list) -> list[dict]:
             share = 1 - small["params"] / dense["params"] if dense.get("params") else covered
             found.append({**base, "kind": "small", "line": f"small dense, from scratch ({matched}){variants(SMALL_KEYS)}"
                           f"{settings}", "sparsity": share, "sparsity_all_layers": share,
-                          "accuracy": small["accuracy"], "params": small["params"],
-                          "widths": " ".join(str(w) for w in small.get("widths", []))})
+                          "accuracy": small["accuracy"], "params": small["params"]})
         references = {"dense": (f"dense LeNet{settings}", dense),
                       "control": (f"control: dense, same total epochs{variants(CONTROL_KEYS)}{settings}",
                                   metrics.get("control"))}
@@ -211,7 +210,7 @@ def collect_points(exp_show: list) -> list[dict]:
                 found.append({**base, "kind": kind, "line": name, "method": "", "structure": "", "criterion": "",
                               "allocation": "", "scope": "", "exclude": "", "target_sparsity": 0.0, "sparsity": 0.0,
                               "sparsity_all_layers": 0.0, "accuracy": model["accuracy"],
-                              "params": model.get("params", ""), "widths": ""})
+                              "params": model.get("params", "")})
         rows += found
     return unique_runs(rows)
 
@@ -223,7 +222,8 @@ def unique_runs(rows: list[dict]) -> list[dict]:
     for row in rows:
         key = (row["kind"], row["line"], row["schedule"] if row["kind"] == "pruned" else "",
                row["target_sparsity"] if row["kind"] in ("pruned", "small") else 0, row["seed"],
-               row.get("widths", ""), round(row["accuracy"], 6))
+               row["params"], round(row["accuracy"], 6))  # small models: their size tells them apart
+    # (dvc exp show leaves out list-valued metrics such as small.widths)
         if key not in seen:
             seen.add(key)
             kept.append(row)

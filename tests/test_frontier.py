@@ -204,7 +204,7 @@ def test_small_models_of_different_widths_are_different_lines_or_runs():
     plain = _seeded("plain", "magnitude", 0.9, 0, 0.90, 0.80, 0.91)
     excluded = _seeded("fc1-dense", "magnitude", 0.9, 0, 0.89, 0.80, 0.91)  # same small accuracy by chance
     excluded["data"]["params"]["params.yaml"]["data"]["prune"]["exclude"] = ["fc1"]
-    excluded["data"]["metrics"]["metrics/evaluate.json"]["data"]["small"]["widths"] = [6, 16, 120, 84]
+    excluded["data"]["metrics"]["metrics/evaluate.json"]["data"]["small"]["params"] = 60_000
     rows = collect_points([{"rev": "base", "data": {}, "experiments": [_experiment("success", plain),
                                                                        _experiment("success", excluded)]}])
     smalls = [r for r in rows if r["kind"] == "small"]

@@ -151,7 +151,7 @@ def collect_points(exp_show: list) -> list[dict]:
     """Rows of :data:`RUN_COLUMNS` for every experiment (and baseline) with an ``evaluate.json``:
     its pruned model, and — once per seed and setting — its small-dense baseline, dense model and
     control.  Rows repeated by baselines and the workspace are dropped."""
-    rows, seen = [], set()
+    rows = []
     for entry in _entries(exp_show):
         data = entry.get("data") or {}
         metrics = ((data.get("metrics") or {}).get("metrics/evaluate.json") or {}).get("data")
@@ -193,11 +193,12 @@ def collect_points(exp_show: list) -> list[dict]:
                   "accuracy": sparse["accuracy"], "params": sparse.get("nonzero_params", "")}]
         if "small" in metrics:
             small = metrics["small"]
+            kept = f", {' '.join(exclude)} dense" if exclude else ""
             if structured:  # the widths follow the allocation; by sensitivity, also the criterion
                 by = f", {criterion}, sensitivity allocation" if allocation == "sensitivity" else ""
-                matched = f"widths of structured ({structure}{by}{variants(('round_to',))})"
+                matched = f"widths of structured ({structure}{by}{variants(('round_to',))}{kept})"
             else:  # the non-zero count follows the target and the layers it covers
-                matched = "parameters of the pruned model" + (f", {' '.join(exclude)} dense" if exclude else "")
+                matched = f"parameters of the pruned model{kept}"
             share = 1 - small["params"] / dense["params"] if dense.get("params") else covered
             found.append({**base, "kind": "small", "line": f"small dense, from scratch ({matched}){variants(SMALL_KEYS)}"
                           f"{settings}", "sparsity": share, "sparsity_all_layers": share,

@@ -10,7 +10,7 @@ from sparsenet.config import ConfigError, config_from_dict
 from sparsenet.data import BatchLoader, make_synthetic, save_prepared
 from sparsenet.errors import SparseNetError
 from sparsenet.checkpoints import load_checkpoint
-from sparsenet.models import LeNet, SparseNet, initial_state
+from sparsenet.models import LeNet, initial_state
 from sparsenet.checkpoints import rewind_state
 from sparsenet.pipeline.prune_train import prune_train
 from sparsenet.pipeline.stage import Paths

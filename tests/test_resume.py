@@ -110,6 +110,29 @@ def test_killed_stages_resume_to_the_same_results(reference, tmp_path):
             assert (killed / output).read_bytes() == (reference / output).read_bytes(), output
 
 
+def test_taylor_sensitivity_pruning_resumes_to_the_same_results(reference, tmp_path):
+    # Per-round Taylor batches and the sensitivity allocation measured at the start (again, on
+    # resume), rounded widths: all must come out the same after a kill.
+    params = dict(PARAMS, prune={"method": "structured", "criterion": "taylor", "allocation": "sensitivity",
+                                 "round_to": 4, "score_batches": 1, "sparsity": 0.5, "epochs": 2,
+                                 "finetune_epochs": 1})
+    runs = {}
+    for label in ("whole", "killed"):
+        project = tmp_path / label
+        shutil.copytree(reference, project)
+        for name in ("sparse", "packed", "compact", "compressed"):  # the reference's magnitude run
+            (project / "models" / f"{name}.pt").unlink()
+        (project / "params.yaml").write_text(yaml.safe_dump(params))
+        if label == "killed":
+            _kill_after_first_epoch("prune_train", project)
+            assert "resuming after epoch" in _run("prune_train", project)
+        else:
+            _run("prune_train", project)
+        runs[label] = project
+    for output in ("models/sparse.pt", "models/compact.pt"):
+        assert (runs["killed"] / output).read_bytes() == (runs["whole"] / output).read_bytes(), output
+
+
 def _rerun_after(change, project: Path) -> str:
     _kill_after_first_epoch("train_dense", project)
     change(project)

@@ -111,7 +111,8 @@ def allocate(rows: list[dict], target: float) -> dict[str, float]:
         raise SparseNetError(f"sensitivity allocation cannot reach sparsity {target:g}: the measured shares "
                              f"(at most {max(SHARES):g} per layer) reach {reached(most):.4f}")
     # Past this price every layer goes as far as its curve allows: each extra share costs less.
-    high = 1.0 + max(float(d.max()) for d in drops.values()) * total / max(1, min(w for w, _, _ in curves.values())) / _STEP
+    steepest = max(float(d.max()) for d in drops.values()) / _STEP
+    high = 1.0 + steepest * total / max(1, min(weights for weights, _, _ in curves.values()))
     low = 0.0
     if reached(shares_at(low)) >= target - 1e-9:
         high = low

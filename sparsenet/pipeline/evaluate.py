@@ -125,7 +125,8 @@ def evaluate(cfg: Config, paths: Paths = Paths()) -> dict:
     write_json(paths.speed, speed)
     print(f"dense accuracy {metrics['dense']['accuracy']:.4f} | control (dense, same epochs) "
           f"{metrics['control']['accuracy']:.4f} | small dense from scratch {metrics['small']['accuracy']:.4f} "
-          f"({metrics['small']['params']:,} params, widths {metrics['small']['widths']}) | sparse accuracy {metrics['sparse']['accuracy']:.4f} "
+          f"({metrics['small']['params']:,} params, widths {metrics['small']['widths']}) | sparse accuracy "
+          f"{metrics['sparse']['accuracy']:.4f} "
           f"at sparsity {metrics['sparse']['sparsity']:.4f} over {', '.join(covered)} "
           f"({metrics['sparse']['sparsity_all_layers']:.4f} over all layers) -> {paths.metrics}")
     packed, compressed = metrics["packed"], metrics["compressed"]

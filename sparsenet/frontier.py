@@ -24,6 +24,7 @@ import json
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Iterator
@@ -95,30 +96,48 @@ def waiting_names(queue_status: str) -> set[str]:
     return {name for name, state in queue_states(queue_status).items() if state in ("Queued", "Running")}
 
 
+def _start_queue(jobs: int) -> None:
+    """``dvc queue start``.  The worker it starts is a daemon that inherits the caller's standard
+    streams: given a pipe (``sweep --no-wait | tee log``, a caller capturing the output) it would
+    hold the pipe open — and the reader waiting — until the queue is empty.  So it gets none."""
+    with tempfile.TemporaryFile() as errors:
+        result = subprocess.run([sys.executable, "-m", "dvc", "queue", "start", "--jobs", str(jobs)],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errors, check=False)
+        if result.returncode != 0:
+            errors.seek(0)
+            detail = errors.read().decode(errors="replace").strip().splitlines()[-1:]
+            raise SparseNetError(f"dvc queue start failed (exit {result.returncode}) {' '.join(detail)}")
+
+
 def queue_sweep(points: list[dict[str, str]], extra: list[str], jobs: int, done: set[str] = frozenset(),
-                poll_seconds: float = 2.0, wait: bool = True) -> int:
-    """Queue every point not in ``done`` (experiment names) as a DVC experiment, run the queue and
-    (``wait``) wait until it is empty.  Returns how many were queued."""
-    mine = []
+                waiting: set[str] = frozenset(), poll_seconds: float = 2.0, wait: bool = True) -> int:
+    """Queue every point neither ``done`` nor ``waiting`` (experiment names already finished, or
+    queued or running), run the queue and (``wait``) wait until none of the sweep's points is
+    queued or running any more — also those an earlier ``--no-wait`` sweep queued.  Returns how
+    many were queued."""
+    mine, ahead = [], []
     for point in points:
         name = experiment_name(point, extra)
-        if name in done:
+        if name in waiting:
+            ahead.append(name)
+        if name in done or name in waiting:
             continue
         sets = [arg for key, value in point.items() for arg in ("-S", f"{key}={value}")]
         _dvc("exp", "run", "--queue", "--name", name, *sets, *[a for e in extra for a in ("-S", e)])
         mine.append(name)
     print(f"{len(mine)} experiments queued, {len(points) - len(mine)} already done or queued")
-    if not mine:
+    if not mine and not ahead:
         return 0
-    _dvc("queue", "start", "--jobs", str(jobs))
+    _start_queue(jobs)
     if not wait:
         return len(mine)
-    while True:  # only this sweep's tasks count: the queue also lists earlier ones, failed or not
+    watched = mine + ahead
+    while True:  # only this sweep's tasks count: the queue also lists others, failed or not
         states = queue_states(_dvc("queue", "status", capture=True))
-        if not any(states.get(name) in ("Queued", "Running") for name in mine):
+        if not any(states.get(name) in ("Queued", "Running") for name in watched):
             break
         time.sleep(poll_seconds)
-    failed = [name for name in mine if states.get(name) == "Failed"]
+    failed = [name for name in watched if states.get(name) == "Failed"]
     if failed:
         raise SparseNetError(f"{len(failed)} sweep experiments failed ({', '.join(failed[:3])}"
                              f"{', …' if len(failed) > 3 else ''}): see `dvc queue logs <name>`")
@@ -374,9 +393,9 @@ def main(argv: list[str] | None = None) -> None:
                 if args.keep_runs else set()
             done |= {row["experiment"] for row in collect_points(json.loads(_dvc("exp", "show", "--json", capture=True)))
                      if row["kind"] == "pruned"}
-            done |= waiting_names(_dvc("queue", "status", capture=True))  # already on its way
             queue_sweep(sweep_points(args.methods, args.sparsities, args.structures, args.criteria, args.seeds),
-                        args.extra, args.jobs, done, wait=not args.no_wait)
+                        args.extra, args.jobs, done, waiting_names(_dvc("queue", "status", capture=True)),
+                        wait=not args.no_wait)
             if args.no_wait:
                 print("the queue runs in the background: `dvc queue status`; `sparsenet frontier plot` when done")
                 return

@@ -356,8 +356,17 @@ def test_frontier_sweep_runs_every_point_per_seed_and_aggregates(tmp_path):
     # two queue workers at once.
     env = make_project(tmp_path, merged(SMALL, {"prune": {"epochs": 1, "finetune_epochs": 0}}))
     # one point, two seeds: the least that shows replicates (test_frontier checks the grid itself)
-    sweep = run([sys.executable, "-m", "sparsenet.frontier", "sweep", "--methods", "magnitude", "--sparsities",
-                 "0.8", "--seeds", "0", "1", "--jobs", "2"], tmp_path, env)
+    command = [sys.executable, "-m", "sparsenet.frontier", "sweep", "--methods", "magnitude", "--sparsities",
+               "0.8", "--seeds", "0", "1", "--jobs", "2"]
+    # --no-wait returns at once, also to a caller reading its output through a pipe (the queue
+    # worker must not inherit it); the experiments take far longer than queueing them
+    queued = run(command + ["--no-wait"], tmp_path, env)
+    assert "2 experiments queued" in queued.stdout
+    status = run(dvc("queue", "status"), tmp_path, env).stdout
+    assert any(state in status for state in ("Queued", "Running")), status
+    # the sweep without --no-wait queues nothing new but waits for those two, then plots them
+    sweep = run(command, tmp_path, env)
+    assert "0 experiments queued, 2 already done or queued" in sweep.stdout
     assert "points -> plots/frontier.png" in sweep.stdout
     with open(tmp_path / "plots" / "frontier_runs.csv") as fh:
         runs = list(csv.DictReader(fh))

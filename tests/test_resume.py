@@ -110,12 +110,18 @@ def test_killed_stages_resume_to_the_same_results(reference, tmp_path):
             assert (killed / output).read_bytes() == (reference / output).read_bytes(), output
 
 
-def test_taylor_sensitivity_pruning_resumes_to_the_same_results(reference, tmp_path):
-    # Per-round Taylor batches and the sensitivity allocation measured at the start (again, on
-    # resume), rounded widths: all must come out the same after a kill.
-    params = dict(PARAMS, prune={"method": "structured", "criterion": "taylor", "allocation": "sensitivity",
-                                 "round_to": 4, "score_batches": 1, "sparsity": 0.5, "epochs": 2,
-                                 "finetune_epochs": 1})
+@pytest.mark.parametrize("prune", [
+    # per-round Taylor batches, the sensitivity allocation measured at the start (again, on
+    # resume), rounded widths
+    {"method": "structured", "criterion": "taylor", "allocation": "sensitivity", "round_to": 4,
+     "score_batches": 1, "sparsity": 0.5, "epochs": 2, "finetune_epochs": 1},
+    # unstructured Taylor scores, and survivors drawn afresh after every round
+    {"method": "taylor", "rewind": "reinit", "score_batches": 2, "sparsity": 0.8, "epochs": 2,
+     "finetune_epochs": 1},
+], ids=["structured-taylor-sensitivity", "taylor-reinit"])
+def test_taylor_pruning_resumes_to_the_same_results(reference, tmp_path, prune):
+    # all the draws besides training's must come out the same after a kill
+    params = dict(PARAMS, prune=prune)
     runs = {}
     for label in ("whole", "killed"):
         project = tmp_path / label

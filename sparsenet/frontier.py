@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import io
 import json
 import statistics
 import subprocess
@@ -30,7 +29,7 @@ from pathlib import Path
 from typing import Iterator
 
 from sparsenet.errors import SparseNetError, one_line_errors
-from sparsenet.io import write_text
+from sparsenet.io import write_csv
 from sparsenet.options import PRUNE_CRITERIA, PRUNE_METHODS, PRUNE_STRUCTURES, default
 from sparsenet.pruning import pruned_layer_names
 
@@ -321,14 +320,6 @@ def _covered_sparsity(sparse: dict, method: str, structure: str, exclude: list[s
     return sum(layer["zeros"] for layer in covered) / sum(layer["total"] for layer in covered)
 
 
-def _csv(rows: list[dict], columns: tuple[str, ...]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns)
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
 def plot_frontier(rows: list[dict], png: Path, table: Path, runs: Path) -> list[dict]:
     """``runs``: every row as CSV; ``table``: the rows aggregated over seeds (:func:`aggregate`);
     ``png``: mean accuracy vs sparsity per line with ±1 std.  Returns the aggregated rows."""
@@ -341,8 +332,8 @@ def plot_frontier(rows: list[dict], png: Path, table: Path, runs: Path) -> list[
             print(f"notice: {mean['line']} at {mean['target_sparsity']:g} has several runs of one seed ({mean['seeds']}): "
                   "results of different code? plot the experiments of one commit (--rev, without --keep-runs)",
                   file=sys.stderr)
-    write_text(runs, _csv(rows, RUN_COLUMNS))
-    write_text(table, _csv(means, COLUMNS))
+    write_csv(runs, rows, RUN_COLUMNS)
+    write_csv(table, means, COLUMNS)
 
     from sparsenet.plots import frontier_figure
 

@@ -1,4 +1,4 @@
-"""Durable atomic outputs (files and whole folders) and JSON helpers.
+"""Durable atomic outputs (files and whole folders), JSON and CSV helpers.
 
 A file is written to a temporary name beside its target, flushed to disk (``fsync``), renamed
 over the target, and the folder holding it is flushed too: a kill or a power cut at any moment
@@ -9,14 +9,16 @@ changed (changing it, even for an instant, races with other threads).
 
 from __future__ import annotations
 
+import csv
 import ctypes
+import io
 import json
 import os
 import secrets
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 from sparsenet.errors import SparseNetError
 
@@ -136,6 +138,15 @@ def write_text(path: str | Path, text: str) -> None:
 
 def write_json(path: str | Path, data: Any) -> None:
     write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def write_csv(path: str | Path, rows: Iterable[dict], columns: Sequence[str]) -> None:
+    """``rows`` as CSV under a header of ``columns`` (a row's other keys are an error)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, buffer.getvalue())
 
 
 def read_json(path: str | Path) -> Any:

@@ -11,8 +11,6 @@ Nothing is retrained (see :mod:`sparsenet.sensitivity`).
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 from pathlib import Path
 
 from sparsenet.checkpoints import load_model
@@ -20,7 +18,7 @@ from sparsenet.config import load_config
 from sparsenet.data import BatchLoader, load_meta, load_split
 from sparsenet.errors import SparseNetError, one_line_errors
 from sparsenet.importance import taylor_scores, uses_taylor
-from sparsenet.io import write_text
+from sparsenet.io import write_csv
 from sparsenet.models import SparseNet, default_device
 from sparsenet.sensitivity import measure
 from sparsenet.training import EVAL_BATCH_SIZE
@@ -54,14 +52,6 @@ def probe(model_path: Path, params: str, shares: tuple[float, ...], prepared: Pa
     return rows
 
 
-def write_csv(rows: list[dict], path: Path) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS)
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text(path, buffer.getvalue())
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="sparsenet sensitivity", description=__doc__.split("\n")[0])
     parser.add_argument("--model", type=Path, default=Path("models/dense.pt"),
@@ -77,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
         if bad:
             raise SparseNetError(f"--sparsities {bad} not allowed; expected fractions in (0, 1)")
         rows = probe(args.model, args.params, tuple(sorted(set(args.sparsities))))
-        write_csv(rows, args.csv)
+        write_csv(args.csv, rows, COLUMNS)
         from sparsenet.plots import sensitivity_figure
 
         sensitivity_figure(rows, args.png)

@@ -147,13 +147,14 @@ def test_structured_lines_name_their_criterion_and_allocation():
 
 
 def test_runs_of_experiments_dvc_no_longer_holds_are_kept_from_the_csv(tmp_path):
-    from sparsenet.frontier import RUN_COLUMNS, _csv, merge_runs, read_runs
+    from sparsenet.frontier import RUN_COLUMNS, merge_runs, read_runs
+    from sparsenet.io import write_csv
 
     earlier = collect_points([{"rev": "base", "data": {}, "experiments": [
         _experiment("success", _seeded("gone-s0", "magnitude", 0.9, 0, 0.90, 0.8, 0.91)),
         _experiment("success", _seeded("kept-s1", "magnitude", 0.9, 1, 0.92, 0.8, 0.93))]}])
     table = tmp_path / "runs.csv"
-    table.write_text(_csv(earlier, RUN_COLUMNS))
+    write_csv(table, earlier, RUN_COLUMNS)
     assert read_runs(table) == earlier  # numbers come back as numbers
     # this session's DVC holds seed 1 again (same results) and a new seed 2; seed 0's experiment is gone
     current = collect_points([{"rev": "base", "data": {}, "experiments": [

@@ -8,7 +8,8 @@ from sparsenet.analysis import layer_sparsity, overall_sparsity
 from sparsenet.checkpoints import (compact_checkpoint, load_checkpoint, load_model, packed_checkpoint, plain_state,
                                    rewind_state, save_checkpoint)
 from sparsenet.compact import compact
-from sparsenet.config import Config
+from sparsenet.config import Config, PruneConfig
+from sparsenet.data import BatchLoader
 from sparsenet.importance import taylor_scores, uses_taylor
 from sparsenet.models import SparseNet, initial_state
 from sparsenet.pipeline.stage import Paths
@@ -28,7 +29,7 @@ def _draw_seed(seed: int, purpose: str, round_index: int) -> int:
     return (seed * 1_000_003 + round_index) * 8 + _DRAWS[purpose]
 
 
-def _taylor(net: SparseNet, train, p, seed: int, round_index: int) -> dict:
+def _taylor(net: SparseNet, train: BatchLoader, p: PruneConfig, seed: int, round_index: int) -> dict[str, torch.Tensor]:
     """Taylor scores of ``net`` over ``prune.score_batches`` batches drawn for this round."""
     return taylor_scores(net, train.sample(p.score_batches, _draw_seed(seed, "taylor", round_index)))
 
@@ -61,9 +62,16 @@ def prune_train(cfg: Config, paths: Paths = Paths()) -> list[dict]:
     dense = load_model(paths.dense_model, False, dataset.image_size, len(dataset.classes))
     net = SparseNet.from_dense(dense).to(memory_format=torch.channels_last)
     p = cfg.prune
-    rewind_to = None
+    fixed_target = None
     if p.rewind not in ("none", "reinit"):
-        rewind_to = rewind_state(load_checkpoint(paths.dense_history), p.rewind)
+        fixed_target = rewind_state(load_checkpoint(paths.dense_history), p.rewind)
+
+    def rewind_target(epoch: int) -> dict[str, torch.Tensor] | None:
+        """The weights the survivors restart from after pruning round ``epoch`` (None: they train on)."""
+        if p.rewind == "reinit":  # the ticket's control: the same masks, weights drawn afresh each round
+            return initial_state(net, _draw_seed(cfg.seed, "reinit", epoch))
+        return fixed_target  # lottery-ticket style: the dense weights at init or an epoch
+
     covered = pruned_layer_names(p.method, p.structure, p.exclude)
     shares = None
     if p.allocation == "sensitivity":
@@ -86,11 +94,9 @@ def prune_train(cfg: Config, paths: Paths = Paths()) -> list[dict]:
                         round_to=p.round_to)
             loss, accuracy = evaluate(net, test)
             record.update({"test_loss_after_prune": loss, "test_accuracy_after_prune": accuracy})
-            if p.rewind == "reinit":  # the ticket's control: the same masks, weights drawn afresh
-                net.rewind(initial_state(net, _draw_seed(cfg.seed, "reinit", epoch)))
-                rewound = True
-            elif rewind_to is not None:  # lottery-ticket style: surviving weights restart from there
-                net.rewind(rewind_to)
+            target_state = rewind_target(epoch)
+            if target_state is not None:
+                net.rewind(target_state)
                 rewound = True
         layers = layer_sparsity(net)
         record["sparsity"] = overall_sparsity(layers, covered)

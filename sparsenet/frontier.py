@@ -12,6 +12,7 @@ experiment and model: the pruned model, its small-dense baseline, the dense mode
 control; with ``--keep-runs`` rows already there for experiments DVC no longer holds are kept,
 so a sweep spread over several machines or sessions adds up, and ``sweep`` skips the points in it), ``plots/frontier.csv`` (one row per line and target sparsity: mean and standard
 deviation of the accuracy over the seeds, how many, the mean measured sparsity) and
+``plots/frontier.md`` (those means as a Markdown table: a row per line, a column per target) and
 ``plots/frontier.png`` (the means with ±1 standard deviation bands).
 """
 
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Iterator
 
 from sparsenet.errors import SparseNetError, one_line_errors
-from sparsenet.io import write_csv
+from sparsenet.io import write_csv, write_text
 from sparsenet.options import PRUNE_CRITERIA, PRUNE_METHODS, PRUNE_STRUCTURES, default
 from sparsenet.pruning import pruned_layer_names
 
@@ -320,9 +321,28 @@ def _covered_sparsity(sparse: dict, method: str, structure: str, exclude: list[s
     return sum(layer["zeros"] for layer in covered) / sum(layer["total"] for layer in covered)
 
 
-def plot_frontier(rows: list[dict], png: Path, table: Path, runs: Path) -> list[dict]:
+def markdown_table(means: list[dict]) -> str:
+    """The aggregated rows as a Markdown table: one row per line (schedule named where not the
+    default), one column per target sparsity, cells ``mean ± std`` in percent; ``(n=…)`` where
+    fewer seeds than the most any cell has.  The dense model and the control sit at sparsity 0."""
+    targets = sorted({m["target_sparsity"] for m in means})
+    most = max(m["n"] for m in means)
+    lines: dict[str, dict[float, str]] = {}
+    for m in means:
+        name = m["line"] + (f", {m['schedule']} schedule" if m["schedule"] not in ("", default("prune.schedule")) else "")
+        cell = f"{m['accuracy_mean'] * 100:.2f}"
+        cell += f" ± {m['accuracy_std'] * 100:.2f}" if m["accuracy_std"] != "" else ""
+        cell += f" (n={m['n']})" if m["n"] < most else ""
+        lines.setdefault(name, {})[m["target_sparsity"]] = cell
+    out = ["| line | " + " | ".join(f"{t:g}" for t in targets) + " |", "|---" * (len(targets) + 1) + "|"]
+    out += ["| " + name + " | " + " | ".join(cells.get(t, "") for t in targets) + " |" for name, cells in lines.items()]
+    return "\n".join(out) + "\n"
+
+
+def plot_frontier(rows: list[dict], png: Path, table: Path, runs: Path, markdown: Path | None = None) -> list[dict]:
     """``runs``: every row as CSV; ``table``: the rows aggregated over seeds (:func:`aggregate`);
-    ``png``: mean accuracy vs sparsity per line with ±1 std.  Returns the aggregated rows."""
+    ``markdown``: those as a Markdown table (:func:`markdown_table`); ``png``: mean accuracy vs
+    sparsity per line with ±1 std.  Returns the aggregated rows."""
     if not rows:
         raise SparseNetError("no experiment with metrics/evaluate.json found: run `dvc repro` or a sweep first")
     means = aggregate(rows)
@@ -334,6 +354,8 @@ def plot_frontier(rows: list[dict], png: Path, table: Path, runs: Path) -> list[
                   file=sys.stderr)
     write_csv(runs, rows, RUN_COLUMNS)
     write_csv(table, means, COLUMNS)
+    if markdown is not None:
+        write_text(markdown, markdown_table(means))
 
     from sparsenet.plots import frontier_figure
 
@@ -368,6 +390,8 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--png", type=Path, default=Path("plots/frontier.png"))
         p.add_argument("--csv", type=Path, default=Path("plots/frontier.csv"), help="mean ± std per point")
         p.add_argument("--runs-csv", type=Path, default=Path("plots/frontier_runs.csv"), help="one row per run")
+        p.add_argument("--markdown", type=Path, default=Path("plots/frontier.md"),
+                       help="the means as a Markdown table (default %(default)s)")
         p.add_argument("--keep-runs", action="store_true",
                        help="the runs CSV is a record: keep its rows of experiments DVC no longer holds (other "
                        "sessions or machines) and, sweeping, skip the points it holds")
@@ -396,8 +420,8 @@ def main(argv: list[str] | None = None) -> None:
         rows = collect_points(json.loads(_dvc(*show, capture=True)))
         if args.keep_runs:
             rows = merge_runs(read_runs(args.runs_csv), rows)
-        means = plot_frontier(rows, args.png, args.csv, args.runs_csv)
-    print(f"{len(rows)} runs, {len(means)} points -> {args.png}, {args.csv}, {args.runs_csv}")
+        means = plot_frontier(rows, args.png, args.csv, args.runs_csv, args.markdown)
+    print(f"{len(rows)} runs, {len(means)} points -> {args.png}, {args.csv}, {args.runs_csv}, {args.markdown}")
 
 
 if __name__ == "__main__":

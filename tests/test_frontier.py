@@ -2,7 +2,7 @@
 
 import pytest
 
-from sparsenet.frontier import aggregate, collect_points, sweep_points
+from sparsenet.frontier import aggregate, collect_points, markdown_table, sweep_points
 
 
 def pruned(rows: list[dict]) -> list[dict]:
@@ -128,6 +128,25 @@ def test_seeds_are_aggregated_into_mean_std_and_count():
     assert small["sparsity_mean"] == pytest.approx(0.9)  # 100 of the dense model's 1000 parameters
     assert means[("control", "control: dense, same total epochs")]["accuracy_mean"] == pytest.approx(0.94)
     assert means[("dense", "dense LeNet")]["accuracy_std"] == pytest.approx(0.02)
+
+
+def test_the_markdown_table_has_a_row_per_line_and_a_column_per_target():
+    revs = [_seeded(f"mag-s{seed}", "magnitude", 0.9, seed, acc, small, dense)
+            for seed, acc, small, dense in [(0, 0.90, 0.80, 0.91), (1, 0.92, 0.82, 0.93), (2, 0.94, 0.84, 0.95)]]
+    revs.append(_seeded("rnd-s0", "random", 0.5, 0, 0.7512, 0.80, 0.91))
+    revs.append(_seeded("lin-s0", "magnitude", 0.9, 0, 0.885, 0.80, 0.91))
+    revs[-1]["data"]["params"]["params.yaml"]["data"]["prune"]["schedule"] = "linear"
+    rows = collect_points([{"rev": "base", "data": {}, "experiments": [_experiment("success", r) for r in revs]}])
+    table = markdown_table(aggregate(rows)).splitlines()
+    assert table[:2] == ["| line | 0 | 0.5 | 0.9 |", "|---|---|---|---|"]
+    assert set(table[2:]) == {
+        "| magnitude (global) |  |  | 92.00 ± 2.00 |",
+        "| magnitude (global), linear schedule |  |  | 88.50 (n=1) |",
+        "| random (global) |  | 75.12 (n=1) |  |",
+        "| small dense, from scratch (parameters of the pruned model) |  | 80.00 (n=1) | 82.00 ± 2.00 |",
+        "| dense LeNet | 93.00 ± 2.00 |  |  |",  # one dense model per seed, however many points
+        "| control: dense, same total epochs | 94.00 ± 2.00 |  |  |",
+    }
 
 
 def test_a_single_run_has_no_standard_deviation():

@@ -1,7 +1,7 @@
 """The accuracy–sparsity frontier: queue a sweep of DVC experiments over seeds, then plot what DVC recorded.
 
     python -m sparsenet.frontier sweep          # queue methods × sparsities × seeds, run them, then plot
-    python -m sparsenet.frontier plot           # plot every experiment DVC knows about
+    python -m sparsenet.frontier plot           # plot the experiments of the current commit (-n N, --rev, --all-commits: others)
 
 ``sweep`` queues ``dvc exp run --queue -S prune.method=M -S prune.sparsity=S -S seed=N`` for
 every point (structured once per structure and criterion) and seed, starts the queue (``dvc
@@ -12,7 +12,8 @@ experiment and model: the pruned model, its small-dense baseline, the dense mode
 control; with ``--keep-runs`` rows already there for experiments DVC no longer holds are kept,
 so a sweep spread over several machines or sessions adds up, and ``sweep`` skips the points in it), ``plots/frontier.csv`` (one row per line and target sparsity: mean and standard
 deviation of the accuracy over the seeds, how many, the mean measured sparsity) and
-``plots/frontier.md`` (those means as a Markdown table: a row per line, a column per target) and
+``plots/frontier.md`` (those means as Markdown tables — accuracy, and each pruned run minus its
+own seed's control — a row per line, a column per target) and
 ``plots/frontier.png`` (the means with ±1 standard deviation bands).
 """
 
@@ -21,6 +22,8 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
+import re
 import statistics
 import subprocess
 import sys
@@ -36,15 +39,25 @@ from sparsenet.pruning import pruned_layer_names
 
 DEFAULT_SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98)
 DEFAULT_SEEDS = (0, 1, 2)
-RUN_COLUMNS = ("experiment", "kind", "line", "method", "structure", "criterion", "allocation", "scope", "schedule",
-               "exclude", "seed", "target_sparsity", "sparsity", "sparsity_all_layers", "accuracy", "params")
-COLUMNS = ("kind", "line", "schedule", "target_sparsity", "sparsity_mean", "accuracy_mean", "accuracy_std", "n",
-           "seeds")
+RUN_COLUMNS = ("experiment", "commit", "kind", "line", "method", "structure", "criterion", "allocation", "scope",
+               "schedule", "exclude", "seed", "target_sparsity", "sparsity", "sparsity_all_layers", "accuracy",
+               "control_accuracy", "params")
+COLUMNS = ("kind", "line", "schedule", "target_sparsity", "sparsity_mean", "accuracy_mean", "accuracy_std",
+           "vs_control_mean", "vs_control_std", "n", "seeds", "commits")
+OPTIONAL_RUN_COLUMNS = {"commit": "", "control_accuracy": ""}  # empty in tables written before they existed
 KINDS = ("pruned", "small", "dense", "control")  # what a row measures
 
 
+def _dvc_env() -> dict[str, str]:
+    """The environment for DVC: this Python's ``bin`` first on ``PATH``, since ``dvc queue start``
+    spawns its worker as a bare ``dvc`` (it would fail, unseen, outside an activated virtualenv)."""
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    return env
+
+
 def _dvc(*args: str, capture: bool = False) -> str:
-    result = subprocess.run([sys.executable, "-m", "dvc", *args], text=True,
+    result = subprocess.run([sys.executable, "-m", "dvc", *args], text=True, env=_dvc_env(),
                             capture_output=capture, check=False)
     if result.returncode != 0:
         detail = (result.stderr or result.stdout or "").strip().splitlines()[-1:] if capture else []
@@ -79,21 +92,30 @@ def experiment_name(point: dict[str, str], extra: list[str]) -> str:
 
 
 QUEUE_STATES = ("Queued", "Running", "Success", "Failed")
+ACTIVE = ("Queued", "Running")
+WORKER_GRACE_SECONDS = 60.0  # a worker just started may not be listed yet
 
 
-def queue_states(queue_status: str) -> dict[str, str]:
-    """Experiment name → state, from ``dvc queue status`` (the last listing of a name wins)."""
-    states = {}
+def queue_tasks(queue_status: str) -> list[tuple[str, str, str]]:
+    """(task, experiment name, state) for every task ``dvc queue status`` lists.  One name may
+    have several tasks (a failed point queued again): the task tells them apart."""
+    tasks = []
     for line in queue_status.splitlines():
         words = line.split()
         if len(words) >= 3 and words[-1] in QUEUE_STATES:
-            states[words[1]] = words[-1]
-    return states
+            tasks.append((words[0], words[1], words[-1]))
+    return tasks
 
 
 def waiting_names(queue_status: str) -> set[str]:
-    """Names of the experiments ``dvc queue status`` lists as queued or running."""
-    return {name for name, state in queue_states(queue_status).items() if state in ("Queued", "Running")}
+    """Names of the experiments with a task ``dvc queue status`` lists as queued or running."""
+    return {name for _, name, state in queue_tasks(queue_status) if state in ACTIVE}
+
+
+def live_workers(queue_status: str) -> int | None:
+    """Active plus idle queue workers, from the status's ``Worker status: 1 active, 0 idle`` line."""
+    match = re.search(r"Worker status: (\d+) active, (\d+) idle", queue_status)
+    return None if match is None else int(match.group(1)) + int(match.group(2))
 
 
 def _start_queue(jobs: int) -> None:
@@ -102,7 +124,8 @@ def _start_queue(jobs: int) -> None:
     hold the pipe open — and the reader waiting — until the queue is empty.  So it gets none."""
     with tempfile.TemporaryFile() as errors:
         result = subprocess.run([sys.executable, "-m", "dvc", "queue", "start", "--jobs", str(jobs)],
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errors, check=False)
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errors,
+                                env=_dvc_env(), check=False)
         if result.returncode != 0:
             errors.seek(0)
             detail = errors.read().decode(errors="replace").strip().splitlines()[-1:]
@@ -110,34 +133,46 @@ def _start_queue(jobs: int) -> None:
 
 
 def queue_sweep(points: list[dict[str, str]], extra: list[str], jobs: int, done: set[str] = frozenset(),
-                waiting: set[str] = frozenset(), poll_seconds: float = 2.0, wait: bool = True) -> int:
-    """Queue every point neither ``done`` nor ``waiting`` (experiment names already finished, or
-    queued or running), run the queue and (``wait``) wait until none of the sweep's points is
-    queued or running any more — also those an earlier ``--no-wait`` sweep queued.  Returns how
-    many were queued."""
-    mine, ahead = [], []
-    for point in points:
-        name = experiment_name(point, extra)
-        if name in waiting:
-            ahead.append(name)
+                poll_seconds: float = 2.0, wait: bool = True) -> int:
+    """Queue every point not ``done`` (experiment names) nor already queued or running, start the
+    queue and (``wait``) wait until none of the sweep's tasks is queued or running — also those
+    an earlier ``--no-wait`` sweep queued.  A worker that stopped while tasks wait (DVC's file
+    broker can stop one) is started again, up to three times.  Returns how many were queued."""
+    names = [experiment_name(point, extra) for point in points]
+    before_status = _dvc("queue", "status", capture=True)
+    before, waiting = queue_tasks(before_status), waiting_names(before_status)
+    known = {task for task, _, _ in before}
+    watched = {task for task, name, state in before if state in ACTIVE and name in names}
+    mine = []
+    for point, name in zip(points, names):
         if name in done or name in waiting:
             continue
         sets = [arg for key, value in point.items() for arg in ("-S", f"{key}={value}")]
         _dvc("exp", "run", "--queue", "--name", name, *sets, *[a for e in extra for a in ("-S", e)])
         mine.append(name)
     print(f"{len(mine)} experiments queued, {len(points) - len(mine)} already done or queued")
-    if not mine and not ahead:
+    if not mine and not watched:
         return 0
     _start_queue(jobs)
     if not wait:
         return len(mine)
-    watched = mine + ahead
-    while True:  # only this sweep's tasks count: the queue also lists others, failed or not
-        states = queue_states(_dvc("queue", "status", capture=True))
-        if not any(states.get(name) in ("Queued", "Running") for name in watched):
+    status = _dvc("queue", "status", capture=True)
+    watched |= {task for task, name, _ in queue_tasks(status) if task not in known and name in mine}
+    started, restarts = time.monotonic(), 0
+    while True:
+        tasks = {task: (name, state) for task, name, state in queue_tasks(status)}
+        if not any(tasks.get(task, ("", ""))[1] in ACTIVE for task in watched):
             break
+        if live_workers(status) == 0 and time.monotonic() - started > WORKER_GRACE_SECONDS:
+            if restarts == 3:
+                raise SparseNetError("the DVC queue worker keeps stopping with experiments waiting: see "
+                                     ".dvc/tmp/exps/celery/*.out, then `dvc queue start`")
+            print("notice: no queue worker left with experiments waiting; starting one again", file=sys.stderr)
+            _start_queue(jobs)
+            started, restarts = time.monotonic(), restarts + 1
         time.sleep(poll_seconds)
-    failed = [name for name in watched if states.get(name) == "Failed"]
+        status = _dvc("queue", "status", capture=True)
+    failed = sorted({tasks[task][0] for task in watched if tasks.get(task, ("", ""))[1] == "Failed"})
     if failed:
         raise SparseNetError(f"{len(failed)} sweep experiments failed ({', '.join(failed[:3])}"
                              f"{', …' if len(failed) > 3 else ''}): see `dvc queue logs <name>`")
@@ -153,8 +188,9 @@ CONTROL_KEYS = ("epochs", "finetune_epochs", "lr", "lr_schedule")
 SMALL_KEYS = ("epochs", "finetune_epochs")
 
 
-def _entries(exp_show: list) -> Iterator[dict]:
-    """Finished experiments first, then their baselines and the workspace (which often repeat one).
+def _entries(exp_show: list) -> Iterator[tuple[dict, str]]:
+    """(rev, the commit it is based on): finished experiments first, then their baselines and
+    the workspace (which often repeat one).
 
     A queued or running experiment shows its baseline's metrics until it ends: left out, like
     failed ones.
@@ -162,8 +198,10 @@ def _entries(exp_show: list) -> Iterator[dict]:
     for entry in exp_show:
         for experiment in entry.get("experiments") or []:
             if (experiment.get("executor") or {}).get("state") not in UNFINISHED:
-                yield from experiment.get("revs") or []
-    yield from exp_show
+                for rev in experiment.get("revs") or []:
+                    yield rev, entry.get("rev", "")
+    for entry in exp_show:
+        yield entry, entry.get("rev", "")
 
 
 def collect_points(exp_show: list) -> list[dict]:
@@ -171,7 +209,7 @@ def collect_points(exp_show: list) -> list[dict]:
     its pruned model, and — once per seed and setting — its small-dense baseline, dense model and
     control.  Rows repeated by baselines and the workspace are dropped."""
     rows = []
-    for entry in _entries(exp_show):
+    for entry, commit in _entries(exp_show):
         data = entry.get("data") or {}
         metrics = ((data.get("metrics") or {}).get("metrics/evaluate.json") or {}).get("data")
         params = ((data.get("params") or {}).get("params.yaml") or {}).get("data") or {}
@@ -202,7 +240,9 @@ def collect_points(exp_show: list) -> list[dict]:
         line += variants(VARIANT_KEYS) + settings
         sparse, dense = metrics["sparse"], metrics["dense"]
         seed = params.get("seed", default("seed"))
-        base = {"experiment": entry.get("name") or data.get("rev") or entry.get("rev", ""), "method": method,
+        control = metrics.get("control") or {}
+        base = {"experiment": entry.get("name") or data.get("rev") or entry.get("rev", ""), "commit": commit[:12],
+                "control_accuracy": control.get("accuracy", ""), "method": method,
                 "structure": structure, "criterion": criterion, "allocation": allocation, "scope": scope,
                 "schedule": param("schedule"), "exclude": " ".join(exclude), "seed": seed,
                 "target_sparsity": param("sparsity")}
@@ -219,7 +259,7 @@ def collect_points(exp_show: list) -> list[dict]:
             else:  # the non-zero count follows the target and the layers it covers
                 matched = f"parameters of the pruned model{kept}"
             share = 1 - small["params"] / dense["params"] if dense.get("params") else covered
-            found.append({**base, "kind": "small", "line": f"small dense, from scratch ({matched}){variants(SMALL_KEYS)}"
+            found.append({**base, "kind": "small", "control_accuracy": "", "line": f"small dense, from scratch ({matched}){variants(SMALL_KEYS)}"
                           f"{settings}", "sparsity": share, "sparsity_all_layers": share,
                           "accuracy": small["accuracy"], "params": small["params"]})
         references = {"dense": (f"dense LeNet{settings}", dense),
@@ -227,7 +267,8 @@ def collect_points(exp_show: list) -> list[dict]:
                                   metrics.get("control"))}
         for kind, (name, model) in references.items():
             if model:
-                found.append({**base, "kind": kind, "line": name, "method": "", "structure": "", "criterion": "",
+                found.append({**base, "kind": kind, "line": name, "control_accuracy": "", "method": "",
+                              "structure": "", "criterion": "",
                               "allocation": "", "scope": "", "exclude": "", "target_sparsity": 0.0, "sparsity": 0.0,
                               "sparsity_all_layers": 0.0, "accuracy": model["accuracy"],
                               "params": model.get("params", "")})
@@ -259,11 +300,14 @@ def read_runs(path: Path) -> list[dict]:
         return []
     with open(path, newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
-        if reader.fieldnames is None or not set(RUN_COLUMNS) <= set(reader.fieldnames):
+        required = [column for column in RUN_COLUMNS if column not in OPTIONAL_RUN_COLUMNS]
+        if reader.fieldnames is None or not set(required) <= set(reader.fieldnames):
             raise SparseNetError(f"{path}: not a frontier runs table (expected the columns {', '.join(RUN_COLUMNS)}); "
                                  "move it away to start a new one")
-        try:
-            return [{**row, **{key: kind(row[key]) for key, kind in _NUMERIC.items()},
+        try:  # only the columns this version writes: a row's others would not fit its header
+            return [{**{column: row.get(column, OPTIONAL_RUN_COLUMNS.get(column)) for column in RUN_COLUMNS},
+                     **{key: kind(row[key]) for key, kind in _NUMERIC.items()},
+                     "control_accuracy": float(row["control_accuracy"]) if row.get("control_accuracy") else "",
                      "params": int(row["params"]) if row["params"] else ""} for row in reader]
         except ValueError as exc:
             raise SparseNetError(f"{path}: line {reader.line_num}: {exc}") from None
@@ -278,7 +322,9 @@ def merge_runs(earlier: list[dict], current: list[dict]) -> list[dict]:
 
 def aggregate(rows: list[dict]) -> list[dict]:
     """One row of :data:`COLUMNS` per (kind, line, schedule, target sparsity): the accuracy's mean,
-    its sample standard deviation over the seeds (empty with one run) and the mean measured sparsity."""
+    its sample standard deviation over the seeds (empty with one run), the same of the difference
+    from each run's own control (pruned models: the control of the same seed and settings), the
+    mean measured sparsity and the commits the runs are based on (``?``: not recorded)."""
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
         schedule = row["schedule"] if row["kind"] == "pruned" else ""
@@ -286,11 +332,15 @@ def aggregate(rows: list[dict]) -> list[dict]:
     out = []
     for (kind, line, schedule, target), members in groups.items():
         accuracies = [m["accuracy"] for m in members]
+        gaps = [m["accuracy"] - m["control_accuracy"] for m in members if m["control_accuracy"] != ""]
         out.append({"kind": kind, "line": line, "schedule": schedule, "target_sparsity": target,
                     "sparsity_mean": statistics.fmean(m["sparsity"] for m in members),
                     "accuracy_mean": statistics.fmean(accuracies),
                     "accuracy_std": statistics.stdev(accuracies) if len(accuracies) > 1 else "",
-                    "n": len(members), "seeds": " ".join(str(m["seed"]) for m in sorted(members, key=lambda m: m["seed"]))})
+                    "vs_control_mean": statistics.fmean(gaps) if gaps else "",
+                    "vs_control_std": statistics.stdev(gaps) if len(gaps) > 1 else "",
+                    "n": len(members), "seeds": " ".join(str(m["seed"]) for m in sorted(members, key=lambda m: m["seed"])),
+                    "commits": " ".join(sorted({m["commit"][:7] or "?" for m in members}))})
     return sorted(out, key=lambda r: (KINDS.index(r["kind"]), r["line"], r["target_sparsity"]))
 
 
@@ -321,17 +371,20 @@ def _covered_sparsity(sparse: dict, method: str, structure: str, exclude: list[s
     return sum(layer["zeros"] for layer in covered) / sum(layer["total"] for layer in covered)
 
 
-def markdown_table(means: list[dict]) -> str:
+def markdown_table(means: list[dict], value: str = "accuracy") -> str:
     """The aggregated rows as a Markdown table: one row per line (schedule named where not the
-    default), one column per target sparsity, cells ``mean ± std`` in percent; ``(n=…)`` where
-    fewer seeds than the most any cell has.  The dense model and the control sit at sparsity 0."""
+    default), one column per target sparsity, cells ``mean ± std`` in percent (``value``
+    ``accuracy``; the dense model and the control sit at sparsity 0) or in signed points
+    (``vs_control``: pruned lines only); ``(n=…)`` where fewer seeds than the most any cell has."""
+    means = [m for m in means if m[f"{value}_mean"] != ""]
     targets = sorted({m["target_sparsity"] for m in means})
-    most = max(m["n"] for m in means)
+    most = max((m["n"] for m in means), default=0)
+    sign = "+" if value == "vs_control" else ""
     lines: dict[str, dict[float, str]] = {}
     for m in means:
         name = m["line"] + (f", {m['schedule']} schedule" if m["schedule"] not in ("", default("prune.schedule")) else "")
-        cell = f"{m['accuracy_mean'] * 100:.2f}"
-        cell += f" ± {m['accuracy_std'] * 100:.2f}" if m["accuracy_std"] != "" else ""
+        cell = f"{m[f'{value}_mean'] * 100:{sign}.2f}"
+        cell += f" ± {m[f'{value}_std'] * 100:.2f}" if m[f"{value}_std"] != "" else ""
         cell += f" (n={m['n']})" if m["n"] < most else ""
         lines.setdefault(name, {})[m["target_sparsity"]] = cell
     out = ["| line | " + " | ".join(f"{t:g}" for t in targets) + " |", "|---" * (len(targets) + 1) + "|"]
@@ -339,9 +392,16 @@ def markdown_table(means: list[dict]) -> str:
     return "\n".join(out) + "\n"
 
 
+def markdown_report(means: list[dict]) -> str:
+    """``plots/frontier.md``: the accuracy table, then the pruned lines against their controls."""
+    return ("## Test accuracy (%), mean ± std over seeds\n\n" + markdown_table(means)
+            + "\n## Pruned minus its own seed's control (points), mean ± std over seeds\n\n"
+            + markdown_table(means, "vs_control"))
+
+
 def plot_frontier(rows: list[dict], png: Path, table: Path, runs: Path, markdown: Path | None = None) -> list[dict]:
     """``runs``: every row as CSV; ``table``: the rows aggregated over seeds (:func:`aggregate`);
-    ``markdown``: those as a Markdown table (:func:`markdown_table`); ``png``: mean accuracy vs
+    ``markdown``: those as Markdown tables (:func:`markdown_report`); ``png``: mean accuracy vs
     sparsity per line with ±1 std.  Returns the aggregated rows."""
     if not rows:
         raise SparseNetError("no experiment with metrics/evaluate.json found: run `dvc repro` or a sweep first")
@@ -355,7 +415,7 @@ def plot_frontier(rows: list[dict], png: Path, table: Path, runs: Path, markdown
     write_csv(runs, rows, RUN_COLUMNS)
     write_csv(table, means, COLUMNS)
     if markdown is not None:
-        write_text(markdown, markdown_table(means))
+        write_text(markdown, markdown_report(means))
 
     from sparsenet.plots import frontier_figure
 
@@ -380,7 +440,7 @@ def main(argv: list[str] | None = None) -> None:
                        help="queue the points, start the workers and return (results: frontier plot, later)")
     sweep.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
                        help="more params for every experiment, e.g. --set prune.schedule=cubic")
-    sub.add_parser("plot", help="plot every experiment DVC knows about")
+    sub.add_parser("plot", help="plot the experiments based on the current commit (see -n, --rev, --all-commits)")
     sub.choices["plot"].add_argument("--all-commits", action="store_true",
                                      help="include experiments based on older commits too")
     sub.choices["plot"].add_argument("--rev", help="experiments based on this commit (default: HEAD)")
@@ -409,8 +469,7 @@ def main(argv: list[str] | None = None) -> None:
             done |= {row["experiment"] for row in collect_points(json.loads(_dvc("exp", "show", "--json", capture=True)))
                      if row["kind"] == "pruned"}
             queue_sweep(sweep_points(args.methods, args.sparsities, args.structures, args.criteria, args.seeds),
-                        args.extra, args.jobs, done, waiting_names(_dvc("queue", "status", capture=True)),
-                        wait=not args.no_wait)
+                        args.extra, args.jobs, done, wait=not args.no_wait)
             if args.no_wait:
                 print("the queue runs in the background: `dvc queue status`; `sparsenet frontier plot` when done")
                 return

@@ -2,7 +2,8 @@
 
 import pytest
 
-from sparsenet.frontier import aggregate, collect_points, markdown_table, sweep_points
+from sparsenet.frontier import (aggregate, collect_points, live_workers, markdown_table, queue_tasks, sweep_points,
+                                waiting_names)
 
 
 def pruned(rows: list[dict]) -> list[dict]:
@@ -147,6 +148,11 @@ def test_the_markdown_table_has_a_row_per_line_and_a_column_per_target():
         "| dense LeNet | 93.00 ± 2.00 |  |  |",  # one dense model per seed, however many points
         "| control: dense, same total epochs | 94.00 ± 2.00 |  |  |",
     }
+    # each pruned run minus its seed's control (seed 0's: 0.92): 0.90 − 0.92, 0.7512 − 0.92, 0.885 − 0.92
+    gaps = markdown_table(aggregate(rows), "vs_control").splitlines()
+    assert gaps[:2] == ["| line | 0.5 | 0.9 |", "|---|---|---|"]
+    assert set(gaps[2:]) == {"| magnitude (global) |  | -2.00 ± 0.00 |", "| random (global) | -16.88 (n=1) |  |",
+                             "| magnitude (global), linear schedule |  | -3.50 (n=1) |"}
 
 
 def test_a_single_run_has_no_standard_deviation():
@@ -184,6 +190,44 @@ def test_runs_of_experiments_dvc_no_longer_holds_are_kept_from_the_csv(tmp_path)
     assert sorted(r["seed"] for r in merged if r["kind"] == "dense") == [0, 1, 2]
 
 
+def test_runs_tables_of_earlier_versions_are_read_and_written_back(tmp_path):
+    # before `commit` and `control_accuracy` existed, and one with a column since dropped
+    from sparsenet.frontier import RUN_COLUMNS, plot_frontier, read_runs
+
+    rows = collect_points([{"rev": "base", "data": {}, "experiments": [
+        _experiment("success", _seeded("s0", "magnitude", 0.9, 0, 0.90, 0.8, 0.91))]}])
+    old_columns = [c for c in RUN_COLUMNS if c not in ("commit", "control_accuracy")] + ["widths"]
+    header = ",".join(old_columns)
+    body = "\n".join(",".join(str(row.get(c, "")) if c != "line" else f'"{row[c]}"' for c in old_columns)
+                     for row in rows)
+    table = tmp_path / "runs.csv"
+    table.write_text(header + "\n" + body + "\n")
+    earlier = read_runs(table)
+    assert [r["accuracy"] for r in earlier] == [r["accuracy"] for r in rows]
+    assert all(r["commit"] == "" and r["control_accuracy"] == "" and "widths" not in r for r in earlier)
+    means = plot_frontier(earlier, tmp_path / "f.png", tmp_path / "f.csv", table, tmp_path / "f.md")
+    assert {m["commits"] for m in means} == {"?"} and all(m["vs_control_mean"] == "" for m in means)
+    assert read_runs(table) == earlier  # written back in this version's columns
+
+
+def test_each_run_is_compared_with_its_own_seeds_control():
+    # seed by seed: 90.0 vs 91.0, 92.5 vs 92.0, 91.0 vs 91.5 → −1.0, +0.5, −0.5: mean −0.333, std 0.764
+    revs = []
+    for seed, accuracy, control in [(0, 0.900, 0.910), (1, 0.925, 0.920), (2, 0.910, 0.915)]:
+        rev = _seeded(f"s{seed}", "magnitude", 0.9, seed, accuracy, 0.8, 0.9)
+        rev["data"]["metrics"]["metrics/evaluate.json"]["data"]["control"] = {"accuracy": control}
+        revs.append(rev)
+    rows = collect_points([{"rev": "0123456789abcdef", "data": {},
+                            "experiments": [_experiment("success", r) for r in revs]}])
+    assert {r["commit"] for r in rows} == {"0123456789ab"}
+    (pruned,) = [m for m in aggregate(rows) if m["kind"] == "pruned"]
+    assert pruned["vs_control_mean"] == pytest.approx(-1 / 300)
+    assert pruned["vs_control_std"] == pytest.approx(0.0076376, abs=1e-6)
+    assert pruned["commits"] == "0123456"
+    (small,) = [m for m in aggregate(rows) if m["kind"] == "small"]
+    assert small["vs_control_mean"] == ""  # one small model may serve several controls (lr_schedule)
+
+
 def test_a_foreign_runs_csv_is_refused_in_one_line(tmp_path):
     from sparsenet.errors import SparseNetError
     from sparsenet.frontier import read_runs
@@ -208,7 +252,7 @@ def test_experiment_names_hold_every_value_and_stay_valid_ref_names():
 
 
 def test_points_already_queued_or_running_are_recognised_in_the_queue_status():
-    from sparsenet.frontier import waiting_names
+    from sparsenet.frontier import live_workers, waiting_names
 
     status = """Task     Name                       Created    Status
 d1e81c8  sweep-magnitude-095-seed1  04:48 AM   Running
@@ -218,6 +262,22 @@ d1e81c8  sweep-magnitude-095-seed1  04:48 AM   Running
 
 Worker status: 1 active, 0 idle"""
     assert waiting_names(status) == {"sweep-magnitude-095-seed1", "sweep-magnitude-098-seed0"}
+    assert live_workers(status) == 1
+
+
+def test_a_point_queued_again_is_waiting_whatever_its_earlier_tasks_show():
+    # DVC lists running, then queued, then failed, then finished tasks: a name's earlier task
+    # comes after its new one
+    status = """Task     Name                       Created    Status
+5c5c5c5  sweep-random-05-seed1      05:10 AM   Running
+a1a1a1a  sweep-random-05-seed0      05:12 AM   Queued
+7f7f7f7  sweep-random-05-seed0      04:49 AM   Failed
+b2b2b2b  sweep-random-05-seed1      04:40 AM   Success
+
+Worker status: 0 active, 2 idle"""
+    assert waiting_names(status) == {"sweep-random-05-seed0", "sweep-random-05-seed1"}
+    assert queue_tasks(status)[1] == ("a1a1a1a", "sweep-random-05-seed0", "Queued")
+    assert live_workers(status) == 2 and live_workers("Task  Name  Created  Status\n") is None
 
 
 def test_small_models_of_different_widths_are_different_lines_or_runs():

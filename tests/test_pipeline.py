@@ -360,6 +360,9 @@ def test_frontier_sweep_runs_every_point_per_seed_and_aggregates(tmp_path):
                "0.8", "--seeds", "0", "1", "--jobs", "2"]
     # --no-wait returns at once, also to a caller reading its output through a pipe (the queue
     # worker must not inherit it); the experiments take far longer than queueing them
+    # and from outside an activated virtualenv: DVC spawns its worker as a bare `dvc`
+    bin_dir = str(Path(sys.executable).parent)
+    env = dict(env, PATH=os.pathsep.join(d for d in env["PATH"].split(os.pathsep) if d != bin_dir))
     queued = run(command + ["--no-wait"], tmp_path, env)
     assert "2 experiments queued" in queued.stdout
     status = run(dvc("queue", "status"), tmp_path, env).stdout
@@ -375,6 +378,11 @@ def test_frontier_sweep_runs_every_point_per_seed_and_aggregates(tmp_path):
                                                          for seed in ("0", "1")}
     pruned = [r for r in runs if r["kind"] == "pruned"]
     assert len(pruned) == 2
+    # the seeds are replicates: each experiment trained its own dense model
+    shown = json.loads(run(dvc("exp", "show", "--json"), tmp_path, env).stdout)
+    dense_losses = {exp["name"]: rev["data"]["metrics"]["metrics/evaluate.json"]["data"]["dense"]["loss"]
+                    for entry in shown for exp in entry.get("experiments") or [] for rev in exp["revs"]}
+    assert len(dense_losses) == 2 and len(set(dense_losses.values())) == 2, dense_losses
     assert all(abs(float(r["sparsity"]) - 0.8) < 0.01 for r in pruned)
     with open(tmp_path / "plots" / "frontier.csv") as fh:
         means = {(r["kind"], r["target_sparsity"]): r for r in csv.DictReader(fh)}

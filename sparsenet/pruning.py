@@ -156,8 +156,8 @@ def prune_model(model: nn.Module, method: str, amount: float, structure: str = d
 
     ``taylor`` maps layer names to accumulated Taylor scores (:func:`sparsenet.importance.taylor_scores`),
     needed by ``method="taylor"`` and by structured pruning with ``criterion="taylor"``.
-    ``layer_amounts`` gives per-layer shares instead of ``amount`` (a non-uniform allocation,
-    layer scope only); ``round_to`` rounds structured pruning's kept counts (:func:`kept_slices`).
+    ``layer_amounts`` gives per-layer shares instead of ``amount`` (a non-uniform allocation):
+    each layer is then pruned on its own, whatever ``scope`` says; ``round_to`` rounds structured pruning's kept counts (:func:`kept_slices`).
     """
     if method not in PRUNE_METHODS:
         raise ValueError(f"unknown pruning method {method!r}; expected one of: {', '.join(PRUNE_METHODS)}")

@@ -11,6 +11,7 @@ retrains.
 from __future__ import annotations
 
 import copy
+import math
 
 import numpy as np
 import torch
@@ -108,8 +109,11 @@ def allocate(rows: list[dict], target: float) -> dict[str, float]:
 
     most = {name: float(grid[-1]) for name, grid in grids.items()}
     if reached(most) < target - 1e-9:
-        raise SparseNetError(f"sensitivity allocation cannot reach sparsity {target:g}: the measured shares "
-                             f"(at most {max(SHARES):g} per layer) reach {reached(most):.4f}")
+        raise SparseNetError(f"prune.sparsity = {target:g} cannot be reached with prune.allocation = 'sensitivity': "
+                             f"the layers it prunes, each at most at its largest measured share "
+                             f"({', '.join(f'{name} {share:g}' for name, share in most.items())}), reach "
+                             f"{reached(most):.4f}; expected prune.sparsity <= {math.floor(reached(most) * 1e4) / 1e4:.4f} "
+                             "or fewer layers in prune.exclude")
     # Past this price every layer goes as far as its curve allows: each extra share costs less.
     steepest = max(float(d.max()) for d in drops.values()) / _STEP
     high = 1.0 + steepest * total / max(1, min(weights for weights, _, _ in curves.values()))

@@ -16,6 +16,7 @@ from pathlib import Path
 from sparsenet.checkpoints import load_model
 from sparsenet.config import load_config
 from sparsenet.data import BatchLoader, load_meta, load_split
+from sparsenet.draws import draw_seed
 from sparsenet.errors import SparseNetError, one_line_errors
 from sparsenet.importance import taylor_scores, uses_taylor
 from sparsenet.io import write_csv
@@ -40,7 +41,7 @@ def probe(model_path: Path, params: str, shares: tuple[float, ...], prepared: Pa
     taylor = None
     if uses_taylor(p.method, p.criterion):
         train = BatchLoader(load_split(prepared, "train"), cfg.train.batch_size, meta["mean"], meta["std"], device)
-        taylor = taylor_scores(model, train.sample(p.score_batches, cfg.seed))
+        taylor = taylor_scores(model, train.sample(p.score_batches, draw_seed(cfg.seed, "taylor", 0)))
     how = f"{p.structure} by {p.criterion}" if p.method == "structured" else p.method
     print(f"{model_path}: each layer pruned alone ({how}), test accuracy")
     rows = measure(model, test, p.method, p.structure, p.criterion, tuple(p.exclude), (0.0, *shares), taylor,

@@ -167,3 +167,14 @@ def test_rewind_param_is_validated(value, ok):
     else:
         with pytest.raises(ConfigError, match="prune.rewind.*none, init, reinit or a dense epoch number 1..2"):
             small_config(rewind=value)
+
+
+def test_draw_seeds_of_one_run_never_repeat_and_unknown_purposes_are_refused():
+    from sparsenet.draws import PURPOSES, draw_seed
+
+    for seed in (0, 1, 7, 2**32 - 1):
+        seeds = [draw_seed(seed, purpose, round_index) for purpose in PURPOSES for round_index in range(50)]
+        assert len(set(seeds)) == len(seeds) and seed not in seeds
+    assert draw_seed(0, "taylor", 0) != draw_seed(1, "taylor", 0)
+    with pytest.raises(ValueError, match="unknown draw 'tylor'; expected one of: taylor, sensitivity, reinit"):
+        draw_seed(0, "tylor", 0)

@@ -22,8 +22,8 @@ def test_allocation_reaches_the_target_and_spares_the_sensitive_layer():
     shares = allocate(rows, 0.5)
     assert (shares["tough"] * 1000 + shares["easy"] * 1000) / 2000 == pytest.approx(0.5, abs=1e-3)
     assert shares["easy"] > 0.85 and shares["tough"] < 0.15
-    # Hand check: "easy" may go to 0.9 at a threshold of 0.01; "tough" then reaches 0.05 (0.01 / 0.10 · 0.5),
-    # 0.95 / 2 = 0.475 < 0.5, so the threshold rises until both meet the target.
+    # Hand check: "easy" at 0.9 costs 0.01 and leaves "tough" 0.1 to take, at 0.02 (0.10 · 0.1 / 0.5):
+    # 0.03 in all, against 0.10 for 0.5 each; any other split on the way costs more (both convex).
     assert shares["easy"] == pytest.approx(0.9, abs=2e-3)
 
 
@@ -35,8 +35,11 @@ def test_allocation_weighs_layers_by_their_weight_counts_and_lands_on_the_target
 
 def test_allocation_that_cannot_reach_the_target_says_so():
     rows = curve_rows({"a": (10, [(0.0, 0.0), (0.5, 0.1)]), "b": (10, [(0.0, 0.0), (0.5, 0.2)])})
-    with pytest.raises(SparseNetError, match="cannot reach sparsity 0.8"):
+    with pytest.raises(SparseNetError) as error:
         allocate(rows, 0.8)
+    assert str(error.value) == ("prune.sparsity = 0.8 cannot be reached with prune.allocation = 'sensitivity': the "
+                                "layers it prunes, each at most at its largest measured share (a 0.5, b 0.5), reach "
+                                "0.5000; expected prune.sparsity <= 0.5000 or fewer layers in prune.exclude")
 
 
 def test_measure_prunes_one_layer_at_a_time_and_leaves_the_model_alone(dense):

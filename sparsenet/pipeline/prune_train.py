@@ -10,6 +10,7 @@ from sparsenet.checkpoints import (compact_checkpoint, load_checkpoint, load_mod
 from sparsenet.compact import compact
 from sparsenet.config import Config, PruneConfig
 from sparsenet.data import BatchLoader
+from sparsenet.draws import draw_seed
 from sparsenet.importance import taylor_scores, uses_taylor
 from sparsenet.models import SparseNet, initial_state
 from sparsenet.pipeline.stage import Paths
@@ -20,18 +21,11 @@ from sparsenet.training import evaluate, fit
 
 
 SENSITIVITY_BATCHES = 16  # training batches the sensitivity curves are measured on (2,048 images at 128)
-_DRAWS = {"taylor": 1, "sensitivity": 2, "reinit": 3}
-
-
-def _draw_seed(seed: int, purpose: str, round_index: int) -> int:
-    """A seed of its own for each random draw besides training (Taylor batches, sensitivity images,
-    re-initialised weights) and round: none repeats another's draws or the run's ``seed``."""
-    return (seed * 1_000_003 + round_index) * 8 + _DRAWS[purpose]
 
 
 def _taylor(net: SparseNet, train: BatchLoader, p: PruneConfig, seed: int, round_index: int) -> dict[str, torch.Tensor]:
     """Taylor scores of ``net`` over ``prune.score_batches`` batches drawn for this round."""
-    return taylor_scores(net, train.sample(p.score_batches, _draw_seed(seed, "taylor", round_index)))
+    return taylor_scores(net, train.sample(p.score_batches, draw_seed(seed, "taylor", round_index)))
 
 
 def prune_train(cfg: Config, paths: Paths = Paths()) -> list[dict]:
@@ -69,13 +63,13 @@ def prune_train(cfg: Config, paths: Paths = Paths()) -> list[dict]:
     def rewind_target(epoch: int) -> dict[str, torch.Tensor] | None:
         """The weights the survivors restart from after pruning round ``epoch`` (None: they train on)."""
         if p.rewind == "reinit":  # the ticket's control: the same masks, weights drawn afresh each round
-            return initial_state(net, _draw_seed(cfg.seed, "reinit", epoch))
+            return initial_state(net, draw_seed(cfg.seed, "reinit", epoch))
         return fixed_target  # lottery-ticket style: the dense weights at init or an epoch
 
     covered = pruned_layer_names(p.method, p.structure, p.exclude)
     shares = None
     if p.allocation == "sensitivity":
-        curves = measure(net, train.sample(SENSITIVITY_BATCHES, _draw_seed(cfg.seed, "sensitivity", 0)), p.method,
+        curves = measure(net, train.sample(SENSITIVITY_BATCHES, draw_seed(cfg.seed, "sensitivity", 0)), p.method,
                          p.structure, p.criterion, tuple(p.exclude),
                          taylor=_taylor(net, train, p, cfg.seed, 0) if uses_taylor(p.method, p.criterion) else None,
                          seed=cfg.seed)

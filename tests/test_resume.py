@@ -41,6 +41,7 @@ OUTPUTS = {
                     "logs/train_dense/plots/metrics/test/accuracy.tsv"],
     "prune_train": ["models/sparse.pt", "models/compact.pt", "logs/prune_train/metrics.json",
                     "logs/prune_train/plots/metrics/test/accuracy_after_prune.tsv"],
+    "train_small": ["models/small.pt", "logs/train_small/metrics.json"],
     "compress": ["models/compressed.pt"],
 }
 
@@ -84,17 +85,18 @@ def _kill_after_first_epoch(name: str, cwd: Path) -> None:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    """An uninterrupted run of both training stages."""
+    """An uninterrupted run of the training stages."""
     project = _project(tmp_path_factory.mktemp("resume") / "reference")
     _run("train_dense", project)
     _run("prune_train", project)
+    _run("train_small", project)
     _run("compress", project)
     return project
 
 
 def test_killed_stages_resume_to_the_same_results(reference, tmp_path):
     killed = _project(tmp_path / "killed")
-    for name in ("train_dense", "prune_train", "compress"):
+    for name in ("train_dense", "prune_train", "train_small", "compress"):
         _kill_after_first_epoch(name, killed)
         if name == "compress":  # its model trains shared weights: still a SparseNet to `sparsenet inspect`
             holder, state = unwrap(load_checkpoint(killed / ".sparsenet" / "resume" / "compress.pt"))

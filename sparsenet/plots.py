@@ -155,22 +155,30 @@ def frontier_figure(means: list[dict], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(9, 5.5))
     curves = frame[frame["kind"].isin(["pruned", "small"])]
     several_schedules = curves.loc[curves["kind"] == "pruned", "schedule"].nunique() > 1
+    most = int(frame["n"].max())
     for index, ((kind, line, schedule), group) in enumerate(curves.groupby(["kind", "line", "schedule"], sort=True)):
         group = group.sort_values("sparsity_mean")
         x, y, err = 100 * group["sparsity_mean"], 100 * group["accuracy_mean"], 100 * group["accuracy_std"]
         label = f"{line}, {schedule}" if several_schedules and schedule else line
-        style = "s--" if kind == "small" else "o-"
-        (drawn,) = ax.plot(x, y, style, label=f"{label} (n={int(group['n'].max())})", color=f"C{index % 10}")
+        marker, style = ("s", "--") if kind == "small" else ("o", "-")
+        (drawn,) = ax.plot(x, y, marker=marker, ls=style, label=label, color=f"C{index % 10}")
+        fewer = group["n"] < most  # fewer seeds (a single run has no band): hollow, so it reads as less sure
+        if fewer.any():
+            ax.plot(x[fewer], y[fewer], marker, ls="none", color=drawn.get_color(), markerfacecolor="white")
         ax.fill_between(x, y - err, y + err, color=drawn.get_color(), alpha=0.15, linewidth=0)
-    for (kind, line), group in frame[frame["kind"].isin(["dense", "control"])].groupby(["kind", "line"]):
+    references = frame[frame["kind"].isin(["dense", "control"])].groupby(["kind", "line"])
+    control_styles = [":", "-.", (0, (1, 3)), (0, (5, 2, 1, 2)), (0, (3, 1, 1, 1, 1, 1))]
+    for index, ((kind, line), group) in enumerate(references):
         mean, std = 100 * group["accuracy_mean"].mean(), 100 * group["accuracy_std"].max()
-        color, style = ("grey", "--") if kind == "dense" else ("k", ":")
+        color, style = ("grey", "--") if kind == "dense" else ("k", control_styles[index % len(control_styles)])
         ax.axhline(mean, color=color, ls=style, label=f"{line} ({mean:.2f} ± {std:.2f}%)")
         if std > 0:
             ax.axhspan(mean - std, mean + std, color=color, alpha=0.08, linewidth=0)
+    ax.plot([], [], "o", color="grey", markerfacecolor="white", ls="none",
+            label=f"hollow: fewer than {most} seeds so far")
     ax.set(xlabel="sparsity: pruned fraction of the weights the target covers (%; small dense: fewer parameters)",
            ylabel="test accuracy (%), mean ± 1 std over seeds", title="Accuracy–sparsity frontier")
-    ax.legend(fontsize=7, loc="lower left")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes: many lines
     return _save(fig, path)
 
 

@@ -451,7 +451,7 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--csv", type=Path, default=Path("plots/frontier.csv"), help="mean ± std per point")
         p.add_argument("--runs-csv", type=Path, default=Path("plots/frontier_runs.csv"), help="one row per run")
         p.add_argument("--markdown", type=Path, default=Path("plots/frontier.md"),
-                       help="the means as a Markdown table (default %(default)s)")
+                       help="the means as Markdown tables: accuracy, and vs control (default %(default)s)")
         p.add_argument("--keep-runs", action="store_true",
                        help="the runs CSV is a record: keep its rows of experiments DVC no longer holds (other "
                        "sessions or machines) and, sweeping, skip the points it holds")

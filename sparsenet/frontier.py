@@ -43,7 +43,7 @@ RUN_COLUMNS = ("experiment", "commit", "kind", "line", "method", "structure", "c
                "schedule", "exclude", "seed", "target_sparsity", "sparsity", "sparsity_all_layers", "accuracy",
                "control_accuracy", "params")
 COLUMNS = ("kind", "line", "schedule", "target_sparsity", "sparsity_mean", "accuracy_mean", "accuracy_std",
-           "vs_control_mean", "vs_control_std", "n", "seeds", "commits")
+           "vs_control_mean", "vs_control_std", "vs_control_n", "n", "seeds", "commits")
 OPTIONAL_RUN_COLUMNS = {"commit": "", "control_accuracy": ""}  # empty in tables written before they existed
 KINDS = ("pruned", "small", "dense", "control")  # what a row measures
 
@@ -132,12 +132,44 @@ def _start_queue(jobs: int) -> None:
             raise SparseNetError(f"dvc queue start failed (exit {result.returncode}) {' '.join(detail)}")
 
 
+class WorkerWatch:
+    """Tells, poll by poll, whether the queue needs a worker started again.
+
+    A worker busy training may miss DVC's status broadcast, so one reading of ``0 active, 0 idle``
+    proves nothing: only when none of the watched tasks has been running, some still wait, and no
+    worker has been listed at any poll for :data:`WORKER_GRACE_SECONDS` is the worker taken for
+    gone.  Restarts in a row without a task running in between are capped.
+    """
+
+    def __init__(self, watched: set[str], now: float, max_restarts: int = 3) -> None:
+        self.watched, self.max_restarts = watched, max_restarts
+        self.stalled_since, self.restarts = now, 0
+
+    def observe(self, queue_status: str, now: float) -> str:
+        """``done`` (no watched task queued or running), ``wait`` or ``restart``."""
+        states = {task: state for task, _, state in queue_tasks(queue_status) if task in self.watched}
+        if not any(state in ACTIVE for state in states.values()):
+            return "done"
+        if "Running" in states.values() or live_workers(queue_status) != 0:
+            self.stalled_since = now
+            if "Running" in states.values():
+                self.restarts = 0
+            return "wait"
+        if now - self.stalled_since < WORKER_GRACE_SECONDS:
+            return "wait"
+        if self.restarts == self.max_restarts:
+            raise SparseNetError("the DVC queue worker keeps stopping with experiments waiting: see "
+                                 ".dvc/tmp/exps/celery/*.out, then `dvc queue start`")
+        self.stalled_since, self.restarts = now, self.restarts + 1
+        return "restart"
+
+
 def queue_sweep(points: list[dict[str, str]], extra: list[str], jobs: int, done: set[str] = frozenset(),
                 poll_seconds: float = 2.0, wait: bool = True) -> int:
     """Queue every point not ``done`` (experiment names) nor already queued or running, start the
     queue and (``wait``) wait until none of the sweep's tasks is queued or running — also those
     an earlier ``--no-wait`` sweep queued.  A worker that stopped while tasks wait (DVC's file
-    broker can stop one) is started again, up to three times.  Returns how many were queued."""
+    broker can stop one) is started again (:class:`WorkerWatch`).  Returns how many were queued."""
     names = [experiment_name(point, extra) for point in points]
     before_status = _dvc("queue", "status", capture=True)
     before, waiting = queue_tasks(before_status), waiting_names(before_status)
@@ -145,12 +177,12 @@ def queue_sweep(points: list[dict[str, str]], extra: list[str], jobs: int, done:
     watched = {task for task, name, state in before if state in ACTIVE and name in names}
     mine = []
     for point, name in zip(points, names):
-        if name in done or name in waiting:
+        if name in done or name in waiting or name in mine:  # a point given twice runs once
             continue
         sets = [arg for key, value in point.items() for arg in ("-S", f"{key}={value}")]
         _dvc("exp", "run", "--queue", "--name", name, *sets, *[a for e in extra for a in ("-S", e)])
         mine.append(name)
-    print(f"{len(mine)} experiments queued, {len(points) - len(mine)} already done or queued")
+    print(f"{len(mine)} experiments queued, {len(points) - len(mine)} already done, queued or repeated")
     if not mine and not watched:
         return 0
     _start_queue(jobs)
@@ -158,21 +190,14 @@ def queue_sweep(points: list[dict[str, str]], extra: list[str], jobs: int, done:
         return len(mine)
     status = _dvc("queue", "status", capture=True)
     watched |= {task for task, name, _ in queue_tasks(status) if task not in known and name in mine}
-    started, restarts = time.monotonic(), 0
-    while True:
-        tasks = {task: (name, state) for task, name, state in queue_tasks(status)}
-        if not any(tasks.get(task, ("", ""))[1] in ACTIVE for task in watched):
-            break
-        if live_workers(status) == 0 and time.monotonic() - started > WORKER_GRACE_SECONDS:
-            if restarts == 3:
-                raise SparseNetError("the DVC queue worker keeps stopping with experiments waiting: see "
-                                     ".dvc/tmp/exps/celery/*.out, then `dvc queue start`")
+    watch = WorkerWatch(watched, time.monotonic())
+    while (verdict := watch.observe(status, time.monotonic())) != "done":
+        if verdict == "restart":
             print("notice: no queue worker left with experiments waiting; starting one again", file=sys.stderr)
             _start_queue(jobs)
-            started, restarts = time.monotonic(), restarts + 1
         time.sleep(poll_seconds)
         status = _dvc("queue", "status", capture=True)
-    failed = sorted({tasks[task][0] for task in watched if tasks.get(task, ("", ""))[1] == "Failed"})
+    failed = sorted({name for task, name, state in queue_tasks(status) if task in watched and state == "Failed"})
     if failed:
         raise SparseNetError(f"{len(failed)} sweep experiments failed ({', '.join(failed[:3])}"
                              f"{', …' if len(failed) > 3 else ''}): see `dvc queue logs <name>`")
@@ -189,8 +214,8 @@ SMALL_KEYS = ("epochs", "finetune_epochs")
 
 
 def _entries(exp_show: list) -> Iterator[tuple[dict, str]]:
-    """(rev, the commit it is based on): finished experiments first, then their baselines and
-    the workspace (which often repeat one).
+    """(rev, the commit it is based on; the workspace's: the first baseline listed, HEAD):
+    finished experiments first, then their baselines and the workspace (which often repeat one).
 
     A queued or running experiment shows its baseline's metrics until it ends: left out, like
     failed ones.
@@ -200,8 +225,9 @@ def _entries(exp_show: list) -> Iterator[tuple[dict, str]]:
             if (experiment.get("executor") or {}).get("state") not in UNFINISHED:
                 for rev in experiment.get("revs") or []:
                     yield rev, entry.get("rev", "")
-    for entry in exp_show:
-        yield entry, entry.get("rev", "")
+    head = next((entry.get("rev", "") for entry in exp_show if entry.get("rev") != "workspace"), "")
+    for entry in exp_show:  # the workspace runs on the checked-out commit
+        yield entry, head if entry.get("rev") == "workspace" else entry.get("rev", "")
 
 
 def collect_points(exp_show: list) -> list[dict]:
@@ -299,10 +325,10 @@ def read_runs(path: Path) -> list[dict]:
     if not path.is_file():
         return []
     with open(path, newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
+        reader = csv.DictReader(fh, restval="")  # a short row's missing cells: empty, refused below
         required = [column for column in RUN_COLUMNS if column not in OPTIONAL_RUN_COLUMNS]
         if reader.fieldnames is None or not set(required) <= set(reader.fieldnames):
-            raise SparseNetError(f"{path}: not a frontier runs table (expected the columns {', '.join(RUN_COLUMNS)}); "
+            raise SparseNetError(f"{path}: not a frontier runs table (expected the columns {', '.join(required)}); "
                                  "move it away to start a new one")
         try:  # only the columns this version writes: a row's others would not fit its header
             return [{**{column: row.get(column, OPTIONAL_RUN_COLUMNS.get(column)) for column in RUN_COLUMNS},
@@ -324,7 +350,8 @@ def aggregate(rows: list[dict]) -> list[dict]:
     """One row of :data:`COLUMNS` per (kind, line, schedule, target sparsity): the accuracy's mean,
     its sample standard deviation over the seeds (empty with one run), the same of the difference
     from each run's own control (pruned models: the control of the same seed and settings), the
-    mean measured sparsity and the commits the runs are based on (``?``: not recorded)."""
+    mean measured sparsity and the commits the runs are based on (``?``: not recorded).
+    ``vs_control_n`` counts the runs that know their control's accuracy (older tables' may not)."""
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
         schedule = row["schedule"] if row["kind"] == "pruned" else ""
@@ -338,7 +365,7 @@ def aggregate(rows: list[dict]) -> list[dict]:
                     "accuracy_mean": statistics.fmean(accuracies),
                     "accuracy_std": statistics.stdev(accuracies) if len(accuracies) > 1 else "",
                     "vs_control_mean": statistics.fmean(gaps) if gaps else "",
-                    "vs_control_std": statistics.stdev(gaps) if len(gaps) > 1 else "",
+                    "vs_control_std": statistics.stdev(gaps) if len(gaps) > 1 else "", "vs_control_n": len(gaps),
                     "n": len(members), "seeds": " ".join(str(m["seed"]) for m in sorted(members, key=lambda m: m["seed"])),
                     "commits": " ".join(sorted({m["commit"][:7] or "?" for m in members}))})
     return sorted(out, key=lambda r: (KINDS.index(r["kind"]), r["line"], r["target_sparsity"]))
@@ -377,15 +404,18 @@ def markdown_table(means: list[dict], value: str = "accuracy") -> str:
     ``accuracy``; the dense model and the control sit at sparsity 0) or in signed points
     (``vs_control``: pruned lines only); ``(n=…)`` where fewer seeds than the most any cell has."""
     means = [m for m in means if m[f"{value}_mean"] != ""]
+    if not means:
+        return "(no runs)\n"
+    count = "vs_control_n" if value == "vs_control" else "n"
     targets = sorted({m["target_sparsity"] for m in means})
-    most = max((m["n"] for m in means), default=0)
+    most = max(m[count] for m in means)
     sign = "+" if value == "vs_control" else ""
     lines: dict[str, dict[float, str]] = {}
     for m in means:
         name = m["line"] + (f", {m['schedule']} schedule" if m["schedule"] not in ("", default("prune.schedule")) else "")
         cell = f"{m[f'{value}_mean'] * 100:{sign}.2f}"
         cell += f" ± {m[f'{value}_std'] * 100:.2f}" if m[f"{value}_std"] != "" else ""
-        cell += f" (n={m['n']})" if m["n"] < most else ""
+        cell += f" (n={m[count]})" if m[count] < most else ""
         lines.setdefault(name, {})[m["target_sparsity"]] = cell
     out = ["| line | " + " | ".join(f"{t:g}" for t in targets) + " |", "|---" * (len(targets) + 1) + "|"]
     out += ["| " + name + " | " + " | ".join(cells.get(t, "") for t in targets) + " |" for name, cells in lines.items()]
@@ -466,8 +496,8 @@ def main(argv: list[str] | None = None) -> None:
                 raise SparseNetError(f"--seeds {args.seeds} not allowed; expected distinct integers in 0..{2**32 - 1}")
             done = {row["experiment"] for row in read_runs(args.runs_csv) if row["kind"] == "pruned"} \
                 if args.keep_runs else set()
-            done |= {row["experiment"] for row in collect_points(json.loads(_dvc("exp", "show", "--json", capture=True)))
-                     if row["kind"] == "pruned"}
+            # finished experiments of every commit: a sweep re-run after a commit queues nothing twice
+            done |= set(_dvc("exp", "list", "--all-commits", "--name-only", capture=True).split())
             queue_sweep(sweep_points(args.methods, args.sparsities, args.structures, args.criteria, args.seeds),
                         args.extra, args.jobs, done, wait=not args.no_wait)
             if args.no_wait:

@@ -156,12 +156,14 @@ def frontier_figure(means: list[dict], path: Path) -> Path:
     curves = frame[frame["kind"].isin(["pruned", "small"])]
     several_schedules = curves.loc[curves["kind"] == "pruned", "schedule"].nunique() > 1
     most = int(frame["n"].max())
-    for index, ((kind, line, schedule), group) in enumerate(curves.groupby(["kind", "line", "schedule"], sort=True)):
+    groups = list(curves.groupby(["kind", "line", "schedule"], sort=True))
+    colors = plt.get_cmap("tab10" if len(groups) <= 10 else "tab20").colors  # no two curves alike
+    for index, ((kind, line, schedule), group) in enumerate(groups):
         group = group.sort_values("sparsity_mean")
         x, y, err = 100 * group["sparsity_mean"], 100 * group["accuracy_mean"], 100 * group["accuracy_std"]
         label = f"{line}, {schedule}" if several_schedules and schedule else line
         marker, style = ("s", "--") if kind == "small" else ("o", "-")
-        (drawn,) = ax.plot(x, y, marker=marker, ls=style, label=label, color=f"C{index % 10}")
+        (drawn,) = ax.plot(x, y, marker=marker, ls=style, label=label, color=colors[index % len(colors)])
         fewer = group["n"] < most  # fewer seeds (a single run has no band): hollow, so it reads as less sure
         if fewer.any():
             ax.plot(x[fewer], y[fewer], marker, ls="none", color=drawn.get_color(), markerfacecolor="white")
@@ -174,8 +176,9 @@ def frontier_figure(means: list[dict], path: Path) -> Path:
         ax.axhline(mean, color=color, ls=style, label=f"{line} ({mean:.2f} ± {std:.2f}%)")
         if std > 0:
             ax.axhspan(mean - std, mean + std, color=color, alpha=0.08, linewidth=0)
-    ax.plot([], [], "o", color="grey", markerfacecolor="white", ls="none",
-            label=f"hollow: fewer than {most} seeds so far")
+    if (curves["n"] < most).any():
+        ax.plot([], [], "o", color="grey", markerfacecolor="white", ls="none",
+                label=f"hollow: fewer than {most} seeds so far")
     ax.set(xlabel="sparsity: pruned fraction of the weights the target covers (%; small dense: fewer parameters)",
            ylabel="test accuracy (%), mean ± 1 std over seeds", title="Accuracy–sparsity frontier")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes: many lines

@@ -290,3 +290,69 @@ def test_small_models_of_different_widths_are_different_lines_or_runs():
     smalls = [r for r in rows if r["kind"] == "small"]
     assert len(smalls) == 2 and len({r["line"] for r in smalls}) == 2
     assert all(m["n"] == 1 for m in aggregate(rows) if m["kind"] == "small")
+
+
+def _status(state: str, workers: int) -> str:
+    return (f"Task     Name                   Created    Status\n"
+            f"a1a1a1a  sweep-random-05-seed0  05:12 AM   {state}\n"
+            f"7f7f7f7  sweep-random-05-seed0  04:49 AM   Failed\n\n"
+            f"Worker status: {workers} active, 0 idle")
+
+
+def test_the_worker_is_started_again_only_after_a_minute_without_any_and_never_endlessly():
+    from sparsenet.errors import SparseNetError
+    from sparsenet.frontier import WorkerWatch
+
+    watch = WorkerWatch({"a1a1a1a"}, now=0.0)
+    # a worker busy training may miss a status broadcast: one reading of none is no proof
+    assert [watch.observe(_status("Queued", w), t) for t, w in [(2, 1), (50, 0), (100, 1), (140, 0)]] == ["wait"] * 4
+    assert watch.observe(_status("Queued", 0), 159.0) == "wait"  # none seen since t=100: 59 s
+    assert watch.observe(_status("Queued", 0), 161.0) == "restart"
+    assert watch.observe(_status("Queued", 0), 200.0) == "wait"  # the new worker gets its minute
+    assert watch.observe(_status("Queued", 0), 222.0) == "restart"
+    assert watch.observe(_status("Running", 0), 230.0) == "wait"  # it ran: the count starts over
+    verdicts = [watch.observe(_status("Queued", 0), 230.0 + 61 * k) for k in range(1, 4)]
+    assert verdicts == ["restart"] * 3
+    with pytest.raises(SparseNetError, match="keeps stopping"):
+        watch.observe(_status("Queued", 0), 230.0 + 61 * 4)
+    # the task's earlier, failed run is another task: not watched
+    assert WorkerWatch({"a1a1a1a"}, now=0.0).observe(_status("Success", 0), 1.0) == "done"
+
+
+def test_each_row_names_the_commit_its_run_is_based_on_the_workspace_its_checkout():
+    head = "0123456789abcdef0123"
+    show = [{"rev": "workspace", "data": _rev("ws", "random", 0.5, 0.88)["data"], "experiments": None},
+            {**_rev(head, "magnitude", 0.95, 0.9121), "experiments": [
+                _experiment("success", _rev("sweep-magnitude-09", "magnitude", 0.9, 0.915))]}]
+    commits = {r["experiment"]: r["commit"] for r in pruned(collect_points(show))}
+    assert commits == {"sweep-magnitude-09": "0123456789ab", "workspace": "0123456789ab",
+                       head: "0123456789ab"}
+
+
+def test_the_paired_difference_counts_only_runs_that_know_their_control(tmp_path):
+    rows = collect_points([{"rev": "base", "data": {}, "experiments": [
+        _experiment("success", _seeded(f"s{seed}", "magnitude", 0.9, seed, acc, 0.8, 0.91))
+        for seed, acc in [(0, 0.90), (1, 0.91), (2, 0.93)]]}])
+    for row in rows:
+        if row["experiment"] == "s2":
+            row["control_accuracy"] = ""  # recorded by an older version
+    (magnitude,) = [m for m in aggregate(rows) if m["kind"] == "pruned"]
+    assert magnitude["n"] == 3 and magnitude["vs_control_n"] == 2
+    assert magnitude["vs_control_mean"] == pytest.approx(-0.015)  # 0.90 − 0.92, 0.91 − 0.92
+    assert "| magnitude (global) | -1.50 ± 0.71 |" in markdown_table(aggregate(rows), "vs_control")
+    assert markdown_table([m for m in aggregate(rows) if m["kind"] == "dense"], "vs_control") == "(no runs)\n"
+
+
+def test_a_runs_csv_with_a_short_row_is_refused_in_one_line(tmp_path):
+    from sparsenet.errors import SparseNetError
+    from sparsenet.frontier import RUN_COLUMNS, read_runs
+    from sparsenet.io import write_csv
+
+    rows = collect_points([{"rev": "base", "data": {}, "experiments": [
+        _experiment("success", _seeded("s0", "magnitude", 0.9, 0, 0.9, 0.8, 0.91))]}])
+    table = tmp_path / "runs.csv"
+    write_csv(table, rows, RUN_COLUMNS)
+    lines = table.read_text().splitlines()
+    table.write_text("\n".join(lines[:2] + [lines[2].rsplit(",", 6)[0]]) + "\n")  # cut after `sparsity`
+    with pytest.raises(SparseNetError, match=r"runs.csv: line 3: could not convert string to float: ''"):
+        read_runs(table)

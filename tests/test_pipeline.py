@@ -369,7 +369,7 @@ def test_frontier_sweep_runs_every_point_per_seed_and_aggregates(tmp_path):
     assert any(state in status for state in ("Queued", "Running")), status
     # the sweep without --no-wait queues nothing new but waits for those two, then plots them
     sweep = run(command, tmp_path, env)
-    assert "0 experiments queued, 2 already done or queued" in sweep.stdout
+    assert "0 experiments queued, 2 already done, queued or repeated" in sweep.stdout
     assert "points -> plots/frontier.png" in sweep.stdout
     with open(tmp_path / "plots" / "frontier_runs.csv") as fh:
         runs = list(csv.DictReader(fh))

@@ -1,7 +1,7 @@
 """The accuracy–sparsity frontier: queue a sweep of DVC experiments over seeds, then plot what DVC recorded.
 
     python -m sparsenet.frontier sweep          # queue methods × sparsities × seeds, run them, then plot
-    python -m sparsenet.frontier plot           # plot the experiments of the current commit (-n N, --rev, --all-commits: others)
+    python -m sparsenet.frontier plot           # plot the current commit's experiments (-n, --rev, --all-commits)
 
 ``sweep`` queues ``dvc exp run --queue -S prune.method=M -S prune.sparsity=S -S seed=N`` for
 every point (structured once per structure and criterion) and seed, starts the queue (``dvc
@@ -10,7 +10,8 @@ model — because that is part of the variance.  ``plot`` reads the results back
 show --json`` — no separate tracker — and writes ``plots/frontier_runs.csv`` (one row per
 experiment and model: the pruned model, its small-dense baseline, the dense model and the
 control; with ``--keep-runs`` rows already there for experiments DVC no longer holds are kept,
-so a sweep spread over several machines or sessions adds up, and ``sweep`` skips the points in it), ``plots/frontier.csv`` (one row per line and target sparsity: mean and standard
+so a sweep spread over several machines or sessions adds up, and ``sweep`` skips the points in it),
+``plots/frontier.csv`` (one row per line and target sparsity: mean and standard
 deviation of the accuracy over the seeds, how many, the mean measured sparsity) and
 ``plots/frontier.md`` (those means as Markdown tables — accuracy, and each pruned run minus its
 own seed's control — a row per line, a column per target) and
@@ -285,9 +286,10 @@ def collect_points(exp_show: list) -> list[dict]:
             else:  # the non-zero count follows the target and the layers it covers
                 matched = f"parameters of the pruned model{kept}"
             share = 1 - small["params"] / dense["params"] if dense.get("params") else covered
-            found.append({**base, "kind": "small", "control_accuracy": "", "line": f"small dense, from scratch ({matched}){variants(SMALL_KEYS)}"
-                          f"{settings}", "sparsity": share, "sparsity_all_layers": share,
-                          "accuracy": small["accuracy"], "params": small["params"]})
+            found.append({**base, "kind": "small", "control_accuracy": "",
+                          "line": f"small dense, from scratch ({matched}){variants(SMALL_KEYS)}{settings}",
+                          "sparsity": share, "sparsity_all_layers": share, "accuracy": small["accuracy"],
+                          "params": small["params"]})
         references = {"dense": (f"dense LeNet{settings}", dense),
                       "control": (f"control: dense, same total epochs{variants(CONTROL_KEYS)}{settings}",
                                   metrics.get("control"))}
@@ -366,7 +368,7 @@ def aggregate(rows: list[dict]) -> list[dict]:
                     "accuracy_std": statistics.stdev(accuracies) if len(accuracies) > 1 else "",
                     "vs_control_mean": statistics.fmean(gaps) if gaps else "",
                     "vs_control_std": statistics.stdev(gaps) if len(gaps) > 1 else "", "vs_control_n": len(gaps),
-                    "n": len(members), "seeds": " ".join(str(m["seed"]) for m in sorted(members, key=lambda m: m["seed"])),
+                    "n": len(members), "seeds": " ".join(str(seed) for seed in sorted(m["seed"] for m in members)),
                     "commits": " ".join(sorted({m["commit"][:7] or "?" for m in members}))})
     return sorted(out, key=lambda r: (KINDS.index(r["kind"]), r["line"], r["target_sparsity"]))
 
@@ -412,7 +414,8 @@ def markdown_table(means: list[dict], value: str = "accuracy") -> str:
     sign = "+" if value == "vs_control" else ""
     lines: dict[str, dict[float, str]] = {}
     for m in means:
-        name = m["line"] + (f", {m['schedule']} schedule" if m["schedule"] not in ("", default("prune.schedule")) else "")
+        other_schedule = m["schedule"] not in ("", default("prune.schedule"))
+        name = m["line"] + (f", {m['schedule']} schedule" if other_schedule else "")
         cell = f"{m[f'{value}_mean'] * 100:{sign}.2f}"
         cell += f" ± {m[f'{value}_std'] * 100:.2f}" if m[f"{value}_std"] != "" else ""
         cell += f" (n={m[count]})" if m[count] < most else ""

@@ -95,6 +95,8 @@ def experiment_name(point: dict[str, str], extra: list[str]) -> str:
 QUEUE_STATES = ("Queued", "Running", "Success", "Failed")
 ACTIVE = ("Queued", "Running")
 WORKER_GRACE_SECONDS = 60.0  # a worker just started may not be listed yet
+RUNS_DIR = Path(".dvc/tmp/exps/run")  # where DVC's queue records each task's process
+ORPHAN_CONFIRM_SECONDS = 3.0
 
 
 def queue_tasks(queue_status: str) -> list[tuple[str, str, str]]:
@@ -117,6 +119,62 @@ def live_workers(queue_status: str) -> int | None:
     """Active plus idle queue workers, from the status's ``Worker status: 1 active, 0 idle`` line."""
     match = re.search(r"Worker status: (\d+) active, (\d+) idle", queue_status)
     return None if match is None else int(match.group(1)) + int(match.group(2))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def orphaned_tasks(queue_status: str, runs_dir: Path = RUNS_DIR) -> list[tuple[str, str]]:
+    """(task, experiment name) of every task ``dvc queue status`` lists as running whose process
+    is gone: its worker was killed or the machine restarted mid-run.  DVC lists such a task as
+    running for ever, so a sweep would wait for it for ever and never queue its point again.
+
+    A task's process is the one DVC's process manager (``dvc_task``) recorded in ``runs_dir``
+    under the task's stash revision; a task with no record yet (just picked up) counts as alive.
+    """
+    from dvc_task.proc.manager import ProcessManager  # DVC's own reader of those records
+
+    running = [(task, name) for task, name, state in queue_tasks(queue_status) if state == "Running"]
+    if not running or not runs_dir.is_dir():
+        return []
+    manager = ProcessManager(str(runs_dir))
+    revs = [entry.name for entry in runs_dir.iterdir() if entry.is_dir()]  # DVCLive leaves a file there too
+    records = [(rev, manager.get(rev)) for rev in revs]
+    return [(task, name) for task, name in running
+            if any(rev.startswith(task) and info is not None and info.returncode is None and not _alive(info.pid)
+                   for rev, info in records)]
+
+
+def release_orphans(queue_status: str) -> str:
+    """Mark the :func:`orphaned_tasks` failed (``dvc queue kill``, which finds no process to stop)
+    so their points can be queued again; returns the queue status to go on with.
+
+    A task is taken for orphaned only when it still is after :data:`ORPHAN_CONFIRM_SECONDS`: a
+    process that just ended has its exit recorded by its worker a moment later.
+    """
+    orphans = orphaned_tasks(queue_status)
+    if not orphans:
+        return queue_status
+    time.sleep(ORPHAN_CONFIRM_SECONDS)
+    queue_status = _dvc("queue", "status", capture=True)
+    orphans = [orphan for orphan in orphaned_tasks(queue_status) if orphan in orphans]
+    if not orphans:
+        return queue_status
+    names = ", ".join(name for _, name in orphans)
+    print(f"notice: {len(orphans)} experiments listed as running have no process left (a stopped worker or "
+          f"a restarted machine): marked failed, a sweep queues them again ({names})", file=sys.stderr)
+    try:
+        _dvc("queue", "kill", *(task for task, _ in orphans), capture=True)
+    except SparseNetError as error:  # a live worker still claims one: it was not orphaned after all
+        print(f"notice: {error}", file=sys.stderr)
+    return _dvc("queue", "status", capture=True)
 
 
 def _start_queue(jobs: int) -> None:
@@ -170,9 +228,11 @@ def queue_sweep(points: list[dict[str, str]], extra: list[str], jobs: int, done:
     """Queue every point not ``done`` (experiment names) nor already queued or running, start the
     queue and (``wait``) wait until none of the sweep's tasks is queued or running — also those
     an earlier ``--no-wait`` sweep queued.  A worker that stopped while tasks wait (DVC's file
-    broker can stop one) is started again (:class:`WorkerWatch`).  Returns how many were queued."""
+    broker can stop one) is started again (:class:`WorkerWatch`); a task left running without a
+    process (:func:`release_orphans`) is marked failed — before queueing, so its point is queued
+    again.  Returns how many were queued."""
     names = [experiment_name(point, extra) for point in points]
-    before_status = _dvc("queue", "status", capture=True)
+    before_status = release_orphans(_dvc("queue", "status", capture=True))
     before, waiting = queue_tasks(before_status), waiting_names(before_status)
     known = {task for task, _, _ in before}
     watched = {task for task, name, state in before if state in ACTIVE and name in names}
@@ -197,7 +257,7 @@ def queue_sweep(points: list[dict[str, str]], extra: list[str], jobs: int, done:
             print("notice: no queue worker left with experiments waiting; starting one again", file=sys.stderr)
             _start_queue(jobs)
         time.sleep(poll_seconds)
-        status = _dvc("queue", "status", capture=True)
+        status = release_orphans(_dvc("queue", "status", capture=True))
     failed = sorted({name for task, name, state in queue_tasks(status) if task in watched and state == "Failed"})
     if failed:
         raise SparseNetError(f"{len(failed)} sweep experiments failed ({', '.join(failed[:3])}"
@@ -268,7 +328,10 @@ def collect_points(exp_show: list) -> list[dict]:
         sparse, dense = metrics["sparse"], metrics["dense"]
         seed = params.get("seed", default("seed"))
         control = metrics.get("control") or {}
-        base = {"experiment": entry.get("name") or data.get("rev") or entry.get("rev", ""), "commit": commit[:12],
+        name = entry.get("name") or data.get("rev") or entry.get("rev", "")
+        if name == "workspace":  # a name of its own per commit: the next commit's workspace is another run
+            name = f"workspace@{commit[:12]}"
+        base = {"experiment": name, "commit": commit[:12],
                 "control_accuracy": control.get("accuracy", ""), "method": method,
                 "structure": structure, "criterion": criterion, "allocation": allocation, "scope": scope,
                 "schedule": param("schedule"), "exclude": " ".join(exclude), "seed": seed,
@@ -283,8 +346,9 @@ def collect_points(exp_show: list) -> list[dict]:
             if structured:  # the widths follow the allocation; by sensitivity, also the criterion
                 by = f", {criterion}, sensitivity allocation" if allocation == "sensitivity" else ""
                 matched = f"widths of structured ({structure}{by}{variants(('round_to',))}{kept})"
-            else:  # the non-zero count follows the target and the layers it covers
-                matched = f"parameters of the pruned model{kept}"
+            else:  # the non-zero count follows the target and the layers it covers (scope: how it spreads)
+                spread = f", {scope} scope" if scope != default("prune.scope") else ""
+                matched = f"parameters of the pruned model{spread}{kept}"
             share = 1 - small["params"] / dense["params"] if dense.get("params") else covered
             found.append({**base, "kind": "small", "control_accuracy": "",
                           "line": f"small dense, from scratch ({matched}){variants(SMALL_KEYS)}{settings}",
@@ -339,6 +403,13 @@ def read_runs(path: Path) -> list[dict]:
                      "params": int(row["params"]) if row["params"] else ""} for row in reader]
         except ValueError as exc:
             raise SparseNetError(f"{path}: line {reader.line_num}: {exc}") from None
+
+
+def dropped_runs(earlier: list[dict], current: list[dict]) -> list[str]:
+    """The experiments of ``earlier`` rows that ``current`` does not hold: writing ``current``
+    alone over them would lose them."""
+    have = {row["experiment"] for row in current}
+    return sorted({row["experiment"] for row in earlier if row["experiment"] not in have})
 
 
 def merge_runs(earlier: list[dict], current: list[dict]) -> list[dict]:
@@ -510,8 +581,14 @@ def main(argv: list[str] | None = None) -> None:
         show += ["--rev", args.rev] if getattr(args, "rev", None) else []
         show += ["--num", str(args.num)] if getattr(args, "num", None) else []
         rows = collect_points(json.loads(_dvc(*show, capture=True)))
+        earlier = read_runs(args.runs_csv)
         if args.keep_runs:
-            rows = merge_runs(read_runs(args.runs_csv), rows)
+            rows = merge_runs(earlier, rows)
+        elif dropped := dropped_runs(earlier, rows):  # the table may be the only record of them
+            raise SparseNetError(
+                f"{args.runs_csv} holds {len(dropped)} runs not among the experiments read ({', '.join(dropped[:2])}"
+                f"{', …' if len(dropped) > 2 else ''}): --keep-runs keeps them, --runs-csv names another "
+                "table, or remove it to start afresh")
         means = plot_frontier(rows, args.png, args.csv, args.runs_csv, args.markdown)
     print(f"{len(rows)} runs, {len(means)} points -> {args.png}, {args.csv}, {args.runs_csv}, {args.markdown}")
 

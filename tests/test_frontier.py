@@ -325,7 +325,7 @@ def test_each_row_names_the_commit_its_run_is_based_on_the_workspace_its_checkou
             {**_rev(head, "magnitude", 0.95, 0.9121), "experiments": [
                 _experiment("success", _rev("sweep-magnitude-09", "magnitude", 0.9, 0.915))]}]
     commits = {r["experiment"]: r["commit"] for r in pruned(collect_points(show))}
-    assert commits == {"sweep-magnitude-09": "0123456789ab", "workspace": "0123456789ab",
+    assert commits == {"sweep-magnitude-09": "0123456789ab", "workspace@0123456789ab": "0123456789ab",
                        head: "0123456789ab"}
 
 
@@ -356,3 +356,68 @@ def test_a_runs_csv_with_a_short_row_is_refused_in_one_line(tmp_path):
     table.write_text("\n".join(lines[:2] + [lines[2].rsplit(",", 6)[0]]) + "\n")  # cut after `sparsity`
     with pytest.raises(SparseNetError, match=r"runs.csv: line 3: could not convert string to float: ''"):
         read_runs(table)
+
+
+def test_a_task_left_running_without_its_process_is_found_and_no_other(tmp_path):
+    """After a machine restart DVC lists the task it was running as ``Running`` for ever: the
+    process DVC's process manager recorded for it is gone."""
+    import os
+    import subprocess
+    import sys
+
+    from dvc_task.proc.manager import ProcessManager
+    from dvc_task.proc.process import ProcessInfo
+
+    from sparsenet.frontier import orphaned_tasks
+
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()  # reaped: its pid names no process now
+    runs = tmp_path
+    manager = ProcessManager(str(runs))
+    records = {"a1a1a1a": (ended.pid, None), "b2b2b2b": (os.getpid(), None), "c3c3c3c": (ended.pid, 0),
+               "d4d4d4d": (ended.pid, None)}
+    for task, (pid, returncode) in records.items():
+        (runs / (task + "0" * 33)).mkdir()
+        manager[task + "0" * 33] = ProcessInfo(pid=pid, stdin=None, stdout=None, stderr=None, returncode=returncode)
+    (runs / "DVCLIVE_STEP_COMPLETED").write_text("")  # DVCLive's marker shares the folder
+    status = ("Task     Name                   Created    Status\n"
+              "a1a1a1a  sweep-gone-seed0       05:12 AM   Running\n"  # process gone, no exit recorded
+              "b2b2b2b  sweep-alive-seed0      05:12 AM   Running\n"  # still running
+              "c3c3c3c  sweep-ending-seed0     05:12 AM   Running\n"  # ended, its exit recorded
+              "d4d4d4d  sweep-old-seed0        05:12 AM   Failed\n"
+              "e5e5e5e  sweep-starting-seed0   05:12 AM   Running\n\n"  # no record yet
+              "Worker status: 0 active, 0 idle")
+    assert orphaned_tasks(status, runs) == [("a1a1a1a", "sweep-gone-seed0")]
+    assert orphaned_tasks(status, runs / "missing") == []
+
+
+def test_a_workspace_run_of_another_point_on_a_later_commit_keeps_the_earlier_one():
+    from sparsenet.frontier import merge_runs
+
+    def workspace(commit: str, method: str, sparsity: float, accuracy: float) -> list[dict]:
+        head = _rev(commit, "magnitude", 0.95, 0.9)
+        return collect_points([{"rev": "workspace", "data": _rev("ws", method, sparsity, accuracy)["data"],
+                                "experiments": None}, {**head, "data": {}}])
+
+    earlier = workspace("a" * 40, "magnitude", 0.95, 0.9104)
+    current = workspace("b" * 40, "random", 0.5, 0.8800)
+    merged = [(r["experiment"], r["line"], r["accuracy"]) for r in pruned(merge_runs(earlier, current))]
+    assert sorted(merged) == [("workspace@aaaaaaaaaaaa", "magnitude (global)", 0.9104),
+                              ("workspace@bbbbbbbbbbbb", "random (global)", 0.88)]
+    # the same commit's workspace re-run replaces its earlier row
+    again = workspace("b" * 40, "random", 0.5, 0.8812)
+    assert [r["accuracy"] for r in pruned(merge_runs(current, again))] == [0.8812]
+
+
+def test_layer_and_global_scope_small_models_are_separate_lines():
+    by_scope = []
+    for scope, params in (("global", 100), ("layer", 120)):
+        rev = _seeded(f"mag-{scope}", "magnitude", 0.9, 0, 0.9, 0.8, 0.91)
+        rev["data"]["params"]["params.yaml"]["data"]["prune"]["scope"] = scope
+        rev["data"]["metrics"]["metrics/evaluate.json"]["data"]["small"]["params"] = params
+        by_scope.append(_experiment("success", rev))
+    rows = collect_points([{"rev": "base", "data": {}, "experiments": by_scope}])
+    smalls = {r["line"]: r["params"] for r in rows if r["kind"] == "small"}
+    assert smalls == {"small dense, from scratch (parameters of the pruned model)": 100,
+                      "small dense, from scratch (parameters of the pruned model, layer scope)": 120}
+    assert all(m["n"] == 1 for m in aggregate(rows) if m["kind"] == "small")

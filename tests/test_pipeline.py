@@ -7,8 +7,10 @@ import io
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -367,9 +369,19 @@ def test_frontier_sweep_runs_every_point_per_seed_and_aggregates(tmp_path):
     assert "2 experiments queued" in queued.stdout
     status = run(dvc("queue", "status"), tmp_path, env).stdout
     assert any(state in status for state in ("Queued", "Running")), status
-    # the sweep without --no-wait queues nothing new but waits for those two, then plots them
+    # the machine restarts mid-run: every queue process dies at once, and DVC lists the task it
+    # was running as running for ever
+    task, name, pid = running_task(tmp_path, env)
+    assert os.getpgid(pid) != os.getpgrp()
+    os.killpg(os.getpgid(pid), signal.SIGKILL)
+    status = run(dvc("queue", "status"), tmp_path, env).stdout
+    assert f"{task}  {name}" in status and "Running" in status, status
+    # the sweep without --no-wait marks that task failed, queues its point again, waits for
+    # both points, then plots them
     sweep = run(command, tmp_path, env)
-    assert "0 experiments queued, 2 already done, queued or repeated" in sweep.stdout
+    assert "no process left" in sweep.stderr and name in sweep.stderr, sweep.stderr
+    queued_again = int(sweep.stdout.split(" experiments queued")[0].split()[-1])
+    assert 1 <= queued_again <= 2, sweep.stdout  # the other seed: queued, or running too
     assert "points -> plots/frontier.png" in sweep.stdout
     with open(tmp_path / "plots" / "frontier_runs.csv") as fh:
         runs = list(csv.DictReader(fh))
@@ -381,7 +393,8 @@ def test_frontier_sweep_runs_every_point_per_seed_and_aggregates(tmp_path):
     # the seeds are replicates: each experiment trained its own dense model
     shown = json.loads(run(dvc("exp", "show", "--json"), tmp_path, env).stdout)
     dense_losses = {exp["name"]: rev["data"]["metrics"]["metrics/evaluate.json"]["data"]["dense"]["loss"]
-                    for entry in shown for exp in entry.get("experiments") or [] for rev in exp["revs"]}
+                    for entry in shown for exp in entry.get("experiments") or [] for rev in exp["revs"]
+                    if (exp.get("executor") or {}).get("state") != "failed"}  # the killed task's remains
     assert len(dense_losses) == 2 and len(set(dense_losses.values())) == 2, dense_losses
     assert all(abs(float(r["sparsity"]) - 0.8) < 0.01 for r in pruned)
     with open(tmp_path / "plots" / "frontier.csv") as fh:
@@ -393,6 +406,37 @@ def test_frontier_sweep_runs_every_point_per_seed_and_aggregates(tmp_path):
     assert float(point["accuracy_std"]) == pytest.approx(abs(accuracies[0] - accuracies[1]) / 2 ** 0.5)
     assert means[("dense", "0.0")]["n"] == "2" and means[("small", "0.8")]["n"] == "2"
     assert (tmp_path / "plots" / "frontier.png").read_bytes()[:4] == b"\x89PNG"
+    # a later commit has no experiments of its own: plotting it alone would drop every run recorded
+    run(["git", "commit", "-q", "--allow-empty", "-m", "later"], tmp_path, env)
+    recorded = (tmp_path / "plots" / "frontier_runs.csv").read_bytes()
+    plot = [sys.executable, "-m", "sparsenet.frontier", "plot"]
+    refused = run(plot, tmp_path, env, check=False)
+    assert refused.returncode == 1 and "--keep-runs keeps them" in refused.stderr, refused.stderr
+    assert (tmp_path / "plots" / "frontier_runs.csv").read_bytes() == recorded
+    run(plot + ["--keep-runs"], tmp_path, env)
+    with open(tmp_path / "plots" / "frontier_runs.csv") as fh:
+        kept = [r for r in csv.DictReader(fh) if r["kind"] == "pruned"]
+    assert sorted(r["experiment"] for r in kept) == sorted(r["experiment"] for r in pruned)
+
+
+def running_task(root: Path, env: dict, timeout: float = 120.0) -> tuple[str, str, int]:
+    """(task, experiment name, process id) of a task ``dvc queue status`` lists as running once
+    DVC has recorded its process."""
+    from dvc_task.proc.manager import ProcessManager
+
+    from sparsenet.frontier import queue_tasks
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        runs = root / ".dvc" / "tmp" / "exps" / "run"
+        records = {entry.name: ProcessManager(str(runs)).get(entry.name) for entry in runs.glob("*") if entry.is_dir()}
+        for task, name, state in queue_tasks(run(dvc("queue", "status"), root, env).stdout):
+            pids = [info.pid for rev, info in records.items()
+                    if info is not None and rev.startswith(task) and info.returncode is None]
+            if state == "Running" and pids:
+                return task, name, pids[0]
+        time.sleep(0.5)
+    raise AssertionError(f"no task running after {timeout:.0f} s")
 
 
 def commented_params(overrides: dict) -> str:

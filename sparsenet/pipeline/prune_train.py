@@ -41,8 +41,9 @@ def prune_train(cfg: Config, paths: Paths = Paths()) -> list[dict]:
 
     With ``prune.rewind`` the surviving weights then go back to their dense values at
     initialisation or that epoch, or (``reinit``, the random-reinitialisation control of Frankle &
-    Carbin 2019) to weights drawn afresh from the initial distribution after every pruning step,
-    each draw with a seed of its own (derived from ``seed`` and the round).  Training
+    Carbin 2019) as with ``init`` after every round but the last, after which they are drawn
+    afresh from the initial distribution with a seed of their own (derived from ``seed``): the
+    same mask as the ``init`` run's ticket, other weights.  Training
     then goes on with a fresh Adam and the learning-rate schedule from its start (see
     :func:`sparsenet.training.fit`).  ``prune.finetune_epochs`` further epochs then train with
     the final masks fixed; a rewind needs at least one, so the model that leaves this step is
@@ -57,12 +58,14 @@ def prune_train(cfg: Config, paths: Paths = Paths()) -> list[dict]:
     net = SparseNet.from_dense(dense).to(memory_format=torch.channels_last)
     p = cfg.prune
     fixed_target = None
-    if p.rewind not in ("none", "reinit"):
-        fixed_target = rewind_state(load_checkpoint(paths.dense_history), p.rewind)
+    if p.rewind != "none":  # reinit rewinds as init does until its last round
+        fixed_target = rewind_state(load_checkpoint(paths.dense_history), "init" if p.rewind == "reinit" else p.rewind)
 
     def rewind_target(epoch: int) -> dict[str, torch.Tensor] | None:
         """The weights the survivors restart from after pruning round ``epoch`` (None: they train on)."""
-        if p.rewind == "reinit":  # the ticket's control: the same masks, weights drawn afresh each round
+        if p.rewind == "reinit" and epoch == p.epochs:
+            # the ticket's control: every round so far went as with init, so the mask is the
+            # ticket's; only its weights are new, drawn afresh instead of rewound
             return initial_state(net, draw_seed(cfg.seed, "reinit", epoch))
         return fixed_target  # lottery-ticket style: the dense weights at init or an epoch
 

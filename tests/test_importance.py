@@ -21,16 +21,17 @@ def identity_classifier() -> nn.Sequential:
 
 
 def test_taylor_scores_match_a_hand_computed_case():
-    # x = (1, 2), W = I: logits (1, 2), softmax (1/(1+e), e/(1+e)) = (0.2689, 0.7311).
-    # dL/dW = (softmax − onehot) xᵀ; only the diagonal weights are non-zero, so |w · g| there:
-    #   label 0: |1 · (−0.7311 · 1)| = 0.7311 and |1 · (0.7311 · 2)| = 1.4621
-    #   label 1: |1 · ( 0.2689 · 1)| = 0.2689 and |1 · (−0.2689 · 2)| = 0.5379
-    # summed: exactly 1 and 2 (0.7311 + 0.2689 = 1).  Summing w · g before the absolute value
-    # would give 0.4621 and 0.9242: the two batches' gradients point opposite ways.
+    # W = I, no bias: logits = x, dL/dW = (softmax − onehot) xᵀ, and only the diagonal weights
+    # are non-zero, so the scores there are |g00| and |g11|.  With r = e/(1+e) = 0.7311:
+    #   x = (1, 2), label 0: softmax (1 − r, r); g00 = (1 − r − 1) · 1 = −r,  g11 = r · 2 = 2r
+    #   x = (2, 1), label 1: softmax (r, 1 − r); g00 = r · 2 = 2r,          g11 = (1 − r − 1) · 1 = −r
+    # each product in absolute value, summed: 3r = 2.1932 on both; summing the products first
+    # would give |2r − r| = r = 0.7311 (the batches' gradients point opposite ways).
     model = identity_classifier()
-    x = torch.tensor([[1.0, 2.0]])
-    scores = taylor_scores(model, [(x, torch.tensor([0])), (x, torch.tensor([1]))])
-    assert torch.allclose(scores["0"], torch.tensor([[1.0, 0.0], [0.0, 2.0]]), atol=1e-6)
+    batches = [(torch.tensor([[1.0, 2.0]]), torch.tensor([0])), (torch.tensor([[2.0, 1.0]]), torch.tensor([1]))]
+    scores = taylor_scores(model, batches)
+    r = math.e / (1 + math.e)
+    assert torch.allclose(scores["0"], torch.tensor([[3 * r, 0.0], [0.0, 3 * r]]), atol=1e-6)
     assert model[0].weight.grad is None  # the model's gradients are left as they were
 
 

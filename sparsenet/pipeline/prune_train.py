@@ -69,6 +69,9 @@ def prune_train(cfg: Config, paths: Paths = Paths()) -> list[dict]:
             return initial_state(net, draw_seed(cfg.seed, "reinit", epoch))
         return fixed_target  # lottery-ticket style: the dense weights at init or an epoch
 
+    if uses_taylor(p.method, p.criterion) and p.score_batches > len(train):
+        print(f"notice: prune.score_batches = {p.score_batches} but the training split holds {len(train)} batches "
+              f"of {train.batch_size}: Taylor scores are summed over all of them")
     covered = pruned_layer_names(p.method, p.structure, p.exclude)
     shares = None
     if p.allocation == "sensitivity":

@@ -1,9 +1,10 @@
 """Per-layer sensitivity of a trained model: each layer pruned alone, test accuracy → figure and CSV.
 
     sparsenet sensitivity [--model models/dense.pt] [--sparsities 0.5 0.7 0.9]
+                          [--method structured --structure filters --criterion l2]
 
 Uses ``params.yaml``'s ``prune.method`` / ``structure`` / ``criterion`` / ``exclude`` (and
-``score_batches`` for Taylor scores) on the prepared data (run ``dvc repro`` first); writes
+``score_batches`` for Taylor scores) — the first three unless given as options — on the prepared data (run ``dvc repro`` first); writes
 ``plots/sensitivity.png`` (accuracy vs share, one line per layer) and ``plots/sensitivity.csv``.
 Nothing is retrained (see :mod:`sparsenet.sensitivity`).
 """
@@ -11,6 +12,7 @@ Nothing is retrained (see :mod:`sparsenet.sensitivity`).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 from sparsenet.checkpoints import load_model
@@ -21,6 +23,7 @@ from sparsenet.errors import SparseNetError, one_line_errors
 from sparsenet.importance import taylor_scores, uses_taylor
 from sparsenet.io import write_csv
 from sparsenet.models import SparseNet, default_device
+from sparsenet.options import PRUNE_CRITERIA, PRUNE_METHODS, PRUNE_STRUCTURES
 from sparsenet.sensitivity import measure
 from sparsenet.training import EVAL_BATCH_SIZE
 
@@ -28,9 +31,12 @@ DEFAULT_SHARES = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 COLUMNS = ("layer", "weights", "share", "sparsity", "accuracy", "drop")
 
 
-def probe(model_path: Path, params: str, shares: tuple[float, ...], prepared: Path = Path("data/prepared")) -> list[dict]:
-    """Test accuracy of ``model_path`` with each covered layer pruned alone to each of ``shares``."""
+def probe(model_path: Path, params: str, shares: tuple[float, ...], prepared: Path = Path("data/prepared"),
+          **prune: str) -> list[dict]:
+    """Test accuracy of ``model_path`` with each covered layer pruned alone to each of ``shares``;
+    ``prune`` (method, structure, criterion) overrides the params file's."""
     cfg = load_config(params)
+    cfg = dataclasses.replace(cfg, prune=dataclasses.replace(cfg.prune, **prune))
     meta = load_meta(prepared)
     test_split = load_split(prepared, "test")
     size, classes = int(test_split.images.shape[-1]), len(meta["classes"])
@@ -60,6 +66,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--params", default="params.yaml", help="params file (default %(default)s)")
     parser.add_argument("--sparsities", nargs="+", type=float, default=list(DEFAULT_SHARES),
                         help="shares each layer is pruned to (default %(default)s)")
+    parser.add_argument("--method", choices=PRUNE_METHODS, help="default: the params file's prune.method")
+    parser.add_argument("--structure", choices=PRUNE_STRUCTURES, help="default: the params file's prune.structure")
+    parser.add_argument("--criterion", choices=PRUNE_CRITERIA, help="default: the params file's prune.criterion")
     parser.add_argument("--png", type=Path, default=Path("plots/sensitivity.png"))
     parser.add_argument("--csv", type=Path, default=Path("plots/sensitivity.csv"))
     args = parser.parse_args(argv)
@@ -67,7 +76,8 @@ def main(argv: list[str] | None = None) -> None:
         bad = [s for s in args.sparsities if not 0 < s < 1]
         if bad:
             raise SparseNetError(f"--sparsities {bad} not allowed; expected fractions in (0, 1)")
-        rows = probe(args.model, args.params, tuple(sorted(set(args.sparsities))))
+        chosen = {key: getattr(args, key) for key in ("method", "structure", "criterion") if getattr(args, key)}
+        rows = probe(args.model, args.params, tuple(sorted(set(args.sparsities))), **chosen)
         write_csv(args.csv, rows, COLUMNS)
         from sparsenet.plots import sensitivity_figure
 

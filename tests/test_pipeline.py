@@ -260,6 +260,11 @@ def test_cli_runs_the_same_steps_and_inspects_checkpoints(project, tmp_path):
     dense_accuracy = json.loads(before)["dense"]["accuracy"]
     assert all(float(r["accuracy"]) == pytest.approx(dense_accuracy) for r in rows if r["share"] == "0.0")
     assert all(float(r["sparsity"]) == pytest.approx(float(r["share"]), abs=0.01) for r in rows)  # magnitude
+    # the committed figure's settings, whatever params.yaml says: filters by L2 (fc3 never pruned)
+    run([cli, "sensitivity", "--sparsities", "0.5", "--method", "structured", "--structure", "filters",
+         "--criterion", "l2", "--png", str(figure), "--csv", str(table)], root, env)
+    with open(table) as fh:
+        assert {r["layer"] for r in csv.DictReader(fh)} == {"conv1", "conv2", "fc1", "fc2"}
 
 
 def test_prune_train_logs_only_what_each_epoch_measured(project):

@@ -3,9 +3,9 @@
     sparsenet sensitivity [--model models/dense.pt] [--sparsities 0.5 0.7 0.9]
                           [--method structured --structure filters --criterion l2]
 
-Uses ``params.yaml``'s ``prune.method`` / ``structure`` / ``criterion`` / ``exclude`` (and
-``score_batches`` for Taylor scores) — the first three unless given as options — on the prepared data (run ``dvc repro`` first); writes
-``plots/sensitivity.png`` (accuracy vs share, one line per layer) and ``plots/sensitivity.csv``.
+Uses ``params.yaml``'s ``prune.method`` / ``structure`` / ``criterion`` (unless given as options),
+``exclude`` and ``score_batches`` (for Taylor scores) on the prepared data (run ``dvc repro``
+first); writes ``plots/sensitivity.png`` (accuracy vs share, one line per layer) and ``plots/sensitivity.csv``.
 Nothing is retrained (see :mod:`sparsenet.sensitivity`).
 """
 

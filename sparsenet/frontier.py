@@ -121,14 +121,16 @@ def live_workers(queue_status: str) -> int | None:
     return None if match is None else int(match.group(1)) + int(match.group(2))
 
 
-def _alive(pid: int) -> bool:
+def _alive(pid: int, started_by: float) -> bool:
+    """Whether process ``pid`` still runs and is the one started by ``started_by`` (a time): after
+    a restart the number may belong to another process, started later."""
+    import psutil
+
     try:
-        os.kill(pid, 0)  # signal 0: only asks whether the process exists
-    except ProcessLookupError:
+        process = psutil.Process(pid)
+        return process.status() != psutil.STATUS_ZOMBIE and process.create_time() <= started_by + 1.0
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
 
 
 def orphaned_tasks(queue_status: str, runs_dir: Path = RUNS_DIR) -> list[tuple[str, str]]:
@@ -148,8 +150,13 @@ def orphaned_tasks(queue_status: str, runs_dir: Path = RUNS_DIR) -> list[tuple[s
     revs = [entry.name for entry in runs_dir.iterdir() if entry.is_dir()]  # DVCLive leaves a file there too
     records = [(rev, manager.get(rev)) for rev in revs]
     return [(task, name) for task, name in running
-            if any(rev.startswith(task) and info is not None and info.returncode is None and not _alive(info.pid)
-                   for rev, info in records)]
+            if any(rev.startswith(task) and info is not None and info.returncode is None
+                   and not _alive(info.pid, _record_time(runs_dir, rev)) for rev, info in records)]
+
+
+def _record_time(runs_dir: Path, rev: str) -> float:
+    """When DVC wrote the process record of ``rev`` (just after starting the process)."""
+    return (runs_dir / rev / f"{rev}.json").stat().st_mtime
 
 
 def release_orphans(queue_status: str) -> str:
@@ -167,14 +174,29 @@ def release_orphans(queue_status: str) -> str:
     orphans = [orphan for orphan in orphaned_tasks(queue_status) if orphan in orphans]
     if not orphans:
         return queue_status
-    names = ", ".join(name for _, name in orphans)
-    print(f"notice: {len(orphans)} experiments listed as running have no process left (a stopped worker or "
-          f"a restarted machine): marked failed, a sweep queues them again ({names})", file=sys.stderr)
+    _forget_processes(RUNS_DIR, [task for task, _ in orphans])
     try:
         _dvc("queue", "kill", *(task for task, _ in orphans), capture=True)
     except SparseNetError as error:  # a live worker still claims one: it was not orphaned after all
         print(f"notice: {error}", file=sys.stderr)
+        return _dvc("queue", "status", capture=True)
+    print(f"notice: {len(orphans)} experiments listed as running had no process left (a stopped worker or a "
+          f"restarted machine): marked failed, to be queued again ({', '.join(name for _, name in orphans)})",
+          file=sys.stderr)
     return _dvc("queue", "status", capture=True)
+
+
+def _forget_processes(runs_dir: Path, tasks: list[str]) -> None:
+    """Record the processes of ``tasks`` as ended, so that ``dvc queue kill`` only marks the tasks
+    failed: it would otherwise signal whatever process now holds their numbers."""
+    from dvc_task.proc.manager import ProcessManager
+
+    manager = ProcessManager(str(runs_dir))
+    for entry in runs_dir.iterdir():
+        info = manager.get(entry.name) if entry.is_dir() and entry.name.startswith(tuple(tasks)) else None
+        if info is not None and info.returncode is None:
+            info.returncode = -1
+            manager[entry.name] = info
 
 
 def _start_queue(jobs: int) -> None:
@@ -274,9 +296,10 @@ CONTROL_KEYS = ("epochs", "finetune_epochs", "lr", "lr_schedule")
 SMALL_KEYS = ("epochs", "finetune_epochs")
 
 
-def _entries(exp_show: list) -> Iterator[tuple[dict, str]]:
-    """(rev, the commit it is based on; the workspace's: the first baseline listed, HEAD):
-    finished experiments first, then their baselines and the workspace (which often repeat one).
+def _entries(exp_show: list) -> Iterator[tuple[dict, str, bool]]:
+    """(rev, the commit it is based on — the workspace's: the first baseline listed, HEAD —, whether
+    it is an experiment): finished experiments first, then their baselines and the workspace (which
+    often repeat one).
 
     A queued or running experiment shows its baseline's metrics until it ends: left out, like
     failed ones.
@@ -285,10 +308,10 @@ def _entries(exp_show: list) -> Iterator[tuple[dict, str]]:
         for experiment in entry.get("experiments") or []:
             if (experiment.get("executor") or {}).get("state") not in UNFINISHED:
                 for rev in experiment.get("revs") or []:
-                    yield rev, entry.get("rev", "")
+                    yield rev, entry.get("rev", ""), True
     head = next((entry.get("rev", "") for entry in exp_show if entry.get("rev") != "workspace"), "")
     for entry in exp_show:  # the workspace runs on the checked-out commit
-        yield entry, head if entry.get("rev") == "workspace" else entry.get("rev", "")
+        yield entry, head if entry.get("rev") == "workspace" else entry.get("rev", ""), False
 
 
 def collect_points(exp_show: list) -> list[dict]:
@@ -296,7 +319,7 @@ def collect_points(exp_show: list) -> list[dict]:
     its pruned model, and — once per seed and setting — its small-dense baseline, dense model and
     control.  Rows repeated by baselines and the workspace are dropped."""
     rows = []
-    for entry, commit in _entries(exp_show):
+    for entry, commit, experiment in _entries(exp_show):
         data = entry.get("data") or {}
         metrics = ((data.get("metrics") or {}).get("metrics/evaluate.json") or {}).get("data")
         params = ((data.get("params") or {}).get("params.yaml") or {}).get("data") or {}
@@ -328,9 +351,11 @@ def collect_points(exp_show: list) -> list[dict]:
         sparse, dense = metrics["sparse"], metrics["dense"]
         seed = params.get("seed", default("seed"))
         control = metrics.get("control") or {}
+        # A baseline's name is its branch's and the workspace's "workspace", both shared by runs of
+        # other commits: each gets a name of its own per commit.
         name = entry.get("name") or data.get("rev") or entry.get("rev", "")
-        if name == "workspace":  # a name of its own per commit: the next commit's workspace is another run
-            name = f"workspace@{commit[:12]}"
+        if not experiment:
+            name = f"workspace@{commit[:12]}" if entry.get("rev") == "workspace" else commit[:12]
         base = {"experiment": name, "commit": commit[:12],
                 "control_accuracy": control.get("accuracy", ""), "method": method,
                 "structure": structure, "criterion": criterion, "allocation": allocation, "scope": scope,
@@ -568,8 +593,12 @@ def main(argv: list[str] | None = None) -> None:
             bad_seeds = [s for s in args.seeds if not 0 <= s < 2**32]
             if bad_seeds or len(set(args.seeds)) != len(args.seeds):
                 raise SparseNetError(f"--seeds {args.seeds} not allowed; expected distinct integers in 0..{2**32 - 1}")
-            done = {row["experiment"] for row in read_runs(args.runs_csv) if row["kind"] == "pruned"} \
-                if args.keep_runs else set()
+            recorded = read_runs(args.runs_csv)
+            if recorded and not args.keep_runs:  # refused now, not after hours of training
+                raise SparseNetError(f"{args.runs_csv} holds {len(dropped_runs(recorded, []))} runs that plotting "
+                                     "this sweep alone would drop: --keep-runs adds to it (and skips the points it "
+                                     "holds), --runs-csv names another table, or remove it to start afresh")
+            done = {row["experiment"] for row in recorded if row["kind"] == "pruned"}
             # finished experiments of every commit: a sweep re-run after a commit queues nothing twice
             done |= set(_dvc("exp", "list", "--all-commits", "--name-only", capture=True).split())
             queue_sweep(sweep_points(args.methods, args.sparsities, args.structures, args.criteria, args.seeds),

@@ -16,7 +16,7 @@ import dataclasses
 from pathlib import Path
 
 from sparsenet.checkpoints import load_model
-from sparsenet.config import load_config
+from sparsenet.config import config_from_dict, load_config
 from sparsenet.data import BatchLoader, load_meta, load_split
 from sparsenet.draws import draw_seed
 from sparsenet.errors import SparseNetError, one_line_errors
@@ -36,7 +36,10 @@ def probe(model_path: Path, params: str, shares: tuple[float, ...], prepared: Pa
     """Test accuracy of ``model_path`` with each covered layer pruned alone to each of ``shares``;
     ``prune`` (method, structure, criterion) overrides the params file's."""
     cfg = load_config(params)
-    cfg = dataclasses.replace(cfg, prune=dataclasses.replace(cfg.prune, **prune))
+    if prune:  # validated as if the params file said so
+        chosen = " ".join(f"--{key} {value}" for key, value in prune.items())
+        cfg = config_from_dict({**dataclasses.asdict(cfg), "prune": {**dataclasses.asdict(cfg.prune), **prune}},
+                               source=f"{params} with {chosen}")
     meta = load_meta(prepared)
     test_split = load_split(prepared, "test")
     size, classes = int(test_split.images.shape[-1]), len(meta["classes"])

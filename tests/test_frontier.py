@@ -322,11 +322,12 @@ def test_the_worker_is_started_again_only_after_a_minute_without_any_and_never_e
 def test_each_row_names_the_commit_its_run_is_based_on_the_workspace_its_checkout():
     head = "0123456789abcdef0123"
     show = [{"rev": "workspace", "data": _rev("ws", "random", 0.5, 0.88)["data"], "experiments": None},
-            {**_rev(head, "magnitude", 0.95, 0.9121), "experiments": [
+            {**_rev(head, "magnitude", 0.95, 0.9121), "name": "main", "experiments": [  # DVC: the branch
                 _experiment("success", _rev("sweep-magnitude-09", "magnitude", 0.9, 0.915))]}]
     commits = {r["experiment"]: r["commit"] for r in pruned(collect_points(show))}
+    # named by their commits, not by "workspace" and "main", which runs of the next commit share
     assert commits == {"sweep-magnitude-09": "0123456789ab", "workspace@0123456789ab": "0123456789ab",
-                       head: "0123456789ab"}
+                       "0123456789ab": "0123456789ab"}
 
 
 def test_the_paired_difference_counts_only_runs_that_know_their_control(tmp_path):
@@ -365,30 +366,40 @@ def test_a_task_left_running_without_its_process_is_found_and_no_other(tmp_path)
     import subprocess
     import sys
 
+    import psutil
     from dvc_task.proc.manager import ProcessManager
     from dvc_task.proc.process import ProcessInfo
 
-    from sparsenet.frontier import orphaned_tasks
+    from sparsenet.frontier import _forget_processes, orphaned_tasks
 
     ended = subprocess.Popen([sys.executable, "-c", "pass"])
     ended.wait()  # reaped: its pid names no process now
     runs = tmp_path
     manager = ProcessManager(str(runs))
     records = {"a1a1a1a": (ended.pid, None), "b2b2b2b": (os.getpid(), None), "c3c3c3c": (ended.pid, 0),
-               "d4d4d4d": (ended.pid, None)}
+               "d4d4d4d": (ended.pid, None), "f6f6f6f": (os.getpid(), None)}
     for task, (pid, returncode) in records.items():
         (runs / (task + "0" * 33)).mkdir()
         manager[task + "0" * 33] = ProcessInfo(pid=pid, stdin=None, stdout=None, stderr=None, returncode=returncode)
+    # recorded before this process started: its number was another process's (a restart since)
+    before = psutil.Process().create_time() - 100
+    os.utime(runs / ("f6f6f6f" + "0" * 33) / ("f6f6f6f" + "0" * 33 + ".json"), (before, before))
     (runs / "DVCLIVE_STEP_COMPLETED").write_text("")  # DVCLive's marker shares the folder
     status = ("Task     Name                   Created    Status\n"
               "a1a1a1a  sweep-gone-seed0       05:12 AM   Running\n"  # process gone, no exit recorded
               "b2b2b2b  sweep-alive-seed0      05:12 AM   Running\n"  # still running
               "c3c3c3c  sweep-ending-seed0     05:12 AM   Running\n"  # ended, its exit recorded
               "d4d4d4d  sweep-old-seed0        05:12 AM   Failed\n"
-              "e5e5e5e  sweep-starting-seed0   05:12 AM   Running\n\n"  # no record yet
+              "e5e5e5e  sweep-starting-seed0   05:12 AM   Running\n"  # no record yet
+              "f6f6f6f  sweep-reused-seed0     05:12 AM   Running\n\n"
               "Worker status: 0 active, 0 idle")
-    assert orphaned_tasks(status, runs) == [("a1a1a1a", "sweep-gone-seed0")]
+    assert orphaned_tasks(status, runs) == [("a1a1a1a", "sweep-gone-seed0"), ("f6f6f6f", "sweep-reused-seed0")]
     assert orphaned_tasks(status, runs / "missing") == []
+    # before `dvc queue kill`, their processes are recorded as ended: no signal reaches a stranger
+    _forget_processes(runs, ["a1a1a1a", "f6f6f6f"])
+    assert {rev[:7]: manager[rev].returncode for rev in manager if rev[0] != "D"} == {
+        "a1a1a1a": -1, "b2b2b2b": None, "c3c3c3c": 0, "d4d4d4d": None, "f6f6f6f": -1}
+    assert orphaned_tasks(status, runs) == []
 
 
 def test_a_workspace_run_of_another_point_on_a_later_commit_keeps_the_earlier_one():

@@ -21,17 +21,24 @@ def identity_classifier() -> nn.Sequential:
 
 
 def test_taylor_scores_match_a_hand_computed_case():
-    # W = I, no bias: logits = x, dL/dW = (softmax − onehot) xᵀ, and only the diagonal weights
-    # are non-zero, so the scores there are |g00| and |g11|.  With r = e/(1+e) = 0.7311:
-    #   x = (1, 2), label 0: softmax (1 − r, r); g00 = (1 − r − 1) · 1 = −r,  g11 = r · 2 = 2r
-    #   x = (2, 1), label 1: softmax (r, 1 − r); g00 = r · 2 = 2r,          g11 = (1 − r − 1) · 1 = −r
-    # each product in absolute value, summed: 3r = 2.1932 on both; summing the products first
-    # would give |2r − r| = r = 0.7311 (the batches' gradients point opposite ways).
+    # W = diag(2, 0.5), no bias: logits = W x, dL/dW = (softmax − onehot) xᵀ, and only the diagonal
+    # weights are non-zero, so the scores there are |w00 · g00| and |w11 · g11|.  With
+    # r = e/(1+e) = 0.7311 and t = 1/(1+e^−3.5) = 0.9707:
+    #   x = (1, 2), label 0: logits (2, 1), softmax (r, 1 − r); g00 = −(1 − r), g11 = 2(1 − r)
+    #       → |2 · g00| = 2(1 − r), |0.5 · g11| = 1 − r
+    #   x = (2, 1), label 1: logits (4, 0.5), softmax (t, 1 − t); g00 = 2t, g11 = −t
+    #       → |2 · g00| = 4t, |0.5 · g11| = 0.5t
+    # summed: 2(1 − r) + 4t = 4.4207 and (1 − r) + 0.5t = 0.7543.  Summing the products before the
+    # absolute value would give 3.3449 and 0.2165; |w|² · |g| or |g| alone other numbers again.
     model = identity_classifier()
+    with torch.no_grad():
+        model[0].weight.copy_(torch.diag(torch.tensor([2.0, 0.5])))
     batches = [(torch.tensor([[1.0, 2.0]]), torch.tensor([0])), (torch.tensor([[2.0, 1.0]]), torch.tensor([1]))]
     scores = taylor_scores(model, batches)
-    r = math.e / (1 + math.e)
-    assert torch.allclose(scores["0"], torch.tensor([[3 * r, 0.0], [0.0, 3 * r]]), atol=1e-6)
+    r, t = math.e / (1 + math.e), 1 / (1 + math.exp(-3.5))
+    expected = torch.tensor([[2 * (1 - r) + 4 * t, 0.0], [0.0, (1 - r) + 0.5 * t]])
+    assert torch.allclose(scores["0"], expected, atol=1e-6)
+    assert torch.allclose(expected, torch.tensor([[4.4207, 0.0], [0.0, 0.7543]]), atol=1e-4)
     assert model[0].weight.grad is None  # the model's gradients are left as they were
 
 

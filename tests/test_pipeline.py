@@ -385,8 +385,9 @@ def test_frontier_sweep_runs_every_point_per_seed_and_aggregates(tmp_path):
     # both points, then plots them
     sweep = run(command, tmp_path, env)
     assert "no process left" in sweep.stderr and name in sweep.stderr, sweep.stderr
+    orphans = int(sweep.stderr.split(" experiments listed as running")[0].split()[-1])
     queued_again = int(sweep.stdout.split(" experiments queued")[0].split()[-1])
-    assert 1 <= queued_again <= 2, sweep.stdout  # the other seed: queued, or running too
+    assert orphans == queued_again in (1, 2), (sweep.stdout, sweep.stderr)  # the other seed: queued, or running too
     assert "points -> plots/frontier.png" in sweep.stdout
     with open(tmp_path / "plots" / "frontier_runs.csv") as fh:
         runs = list(csv.DictReader(fh))
@@ -416,9 +417,11 @@ def test_frontier_sweep_runs_every_point_per_seed_and_aggregates(tmp_path):
     recorded = (tmp_path / "plots" / "frontier_runs.csv").read_bytes()
     plot = [sys.executable, "-m", "sparsenet.frontier", "plot"]
     refused = run(plot, tmp_path, env, check=False)
-    assert refused.returncode == 1 and "--keep-runs keeps them" in refused.stderr, refused.stderr
+    assert refused.returncode == 2 and "--keep-runs keeps them" in refused.stderr, refused.stderr
     assert (tmp_path / "plots" / "frontier_runs.csv").read_bytes() == recorded
     run(plot + ["--keep-runs"], tmp_path, env)
+    again = run(command, tmp_path, env, check=False)  # refused before queueing anything
+    assert again.returncode == 2 and "--keep-runs adds to it" in again.stderr, again.stderr
     with open(tmp_path / "plots" / "frontier_runs.csv") as fh:
         kept = [r for r in csv.DictReader(fh) if r["kind"] == "pruned"]
     assert sorted(r["experiment"] for r in kept) == sorted(r["experiment"] for r in pruned)

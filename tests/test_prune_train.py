@@ -44,24 +44,19 @@ def test_taylor_masks_follow_the_batches_scored(tmp_path, monkeypatch):
     real = stage.taylor_scores
     monkeypatch.setattr(stage, "taylor_scores", counting)
     masks = {}
-    for batches in (1, 4):
+    for batches in (1, 4, 10):  # the training split holds 4 batches of 32: 10 asked for, all 4 scored
         scored.clear()
         paths = run_in(tmp_path / str(batches), small_config(method="taylor", score_batches=batches, sparsity=0.8,
                                                              epochs=2))
-        assert scored == [(batches, batches * 32)] * 2, "each of the 2 rounds scores score_batches batches of 32"
+        held = min(batches, 4)
+        assert scored == [(held, held * 32)] * 2, "each of the 2 rounds scores score_batches batches of 32"
         state = load_checkpoint(paths.sparse_model)
         masks[batches] = torch.cat([state[f"{layer}.mask"].flatten() for layer in LAYERS])
     assert masks[1].sum() == masks[4].sum(), "the same sparsity"
     assert not torch.equal(masks[1], masks[4]), "other batches, other scores"
 
 
-def test_more_taylor_batches_than_the_split_holds_are_named_and_all_are_scored(tmp_path, capsys):
-    paths = run_in(tmp_path, small_config(method="taylor", score_batches=10, sparsity=0.8))
+def test_more_taylor_batches_than_the_split_holds_are_named(tmp_path, capsys):
+    run_in(tmp_path, small_config(method="taylor", score_batches=10, sparsity=0.8))
     assert ("notice: prune.score_batches = 10 but the training split holds 4 batches of 32: Taylor scores are "
             "summed over all of them") in capsys.readouterr().out
-    assert load_checkpoint(paths.sparse_model)["fc1.mask"].float().mean() < 0.5
-
-
-def test_unstructured_taylor_in_layer_scope_prunes_every_layer_to_the_target(tmp_path):
-    reached = _layer_sparsity(run_in(tmp_path, small_config(method="taylor", scope="layer", sparsity=0.6)))
-    assert all(value == pytest.approx(0.6, abs=0.01) for value in reached.values()), reached

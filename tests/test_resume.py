@@ -117,7 +117,7 @@ def test_killed_stages_resume_to_the_same_results(reference, tmp_path):
     # resume), rounded widths
     {"method": "structured", "criterion": "taylor", "allocation": "sensitivity", "round_to": 4,
      "score_batches": 1, "sparsity": 0.5, "epochs": 2, "finetune_epochs": 1},
-    # unstructured Taylor scores, and survivors drawn afresh after every round
+    # unstructured Taylor scores, and survivors drawn afresh after the last round
     {"method": "taylor", "rewind": "reinit", "score_batches": 2, "sparsity": 0.8, "epochs": 2,
      "finetune_epochs": 1},
 ], ids=["structured-taylor-sensitivity", "taylor-reinit"])

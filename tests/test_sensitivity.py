@@ -125,3 +125,16 @@ def test_allocation_matches_a_brute_force_search_on_convex_curves():
     ours = sum(drop(name, share) for name, share in shares.items())
     assert sum(curves[n][0] * shares[n] for n in curves) / total == pytest.approx(target, abs=1e-4)
     assert ours <= best + 1e-3
+
+
+def test_sensitivity_options_are_validated_with_the_params_file(tmp_path, monkeypatch, capsys):
+    from sparsenet.sensitivity_tool import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text("prune:\n  method: magnitude\n  exclude: [conv1, conv2, fc1, fc2]\n")
+    with pytest.raises(SystemExit) as exit_info:  # valid for magnitude; structured would prune nothing
+        main(["--method", "structured", "--csv", str(tmp_path / "s.csv"), "--png", str(tmp_path / "s.png")])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: params.yaml with --method structured: prune.exclude") and len(error.splitlines()) == 1
+    assert not (tmp_path / "s.csv").exists()

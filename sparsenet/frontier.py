@@ -155,8 +155,12 @@ def orphaned_tasks(queue_status: str, runs_dir: Path = RUNS_DIR) -> list[tuple[s
 
 
 def _record_time(runs_dir: Path, rev: str) -> float:
-    """When DVC wrote the process record of ``rev`` (just after starting the process)."""
-    return (runs_dir / rev / f"{rev}.json").stat().st_mtime
+    """When DVC wrote the process record of ``rev`` (just after starting the process); a record
+    removed meanwhile (``dvc queue remove``) gives infinity: nothing to tell, taken for alive."""
+    try:
+        return (runs_dir / rev / f"{rev}.json").stat().st_mtime
+    except FileNotFoundError:
+        return float("inf")
 
 
 def release_orphans(queue_status: str) -> str:

@@ -133,24 +133,31 @@ def _alive(pid: int, started_by: float) -> bool:
         return False
 
 
+def _process_records(runs_dir: Path, tasks: list[str]) -> list[tuple[str, object]]:
+    """(stash revision, the process record DVC's process manager (``dvc_task``) keeps for it) of
+    every task among ``tasks`` (short revisions) that has one in ``runs_dir``."""
+    from dvc_task.proc.manager import ProcessManager  # DVC's own reader of those records
+
+    if not tasks or not runs_dir.is_dir():
+        return []
+    manager = ProcessManager(str(runs_dir))
+    revs = [entry.name for entry in runs_dir.iterdir()  # DVCLive leaves a file there too
+            if entry.is_dir() and entry.name.startswith(tuple(tasks))]
+    return [(rev, info) for rev in revs if (info := manager.get(rev)) is not None]
+
+
 def orphaned_tasks(queue_status: str, runs_dir: Path = RUNS_DIR) -> list[tuple[str, str]]:
     """(task, experiment name) of every task ``dvc queue status`` lists as running whose process
     is gone: its worker was killed or the machine restarted mid-run.  DVC lists such a task as
     running for ever, so a sweep would wait for it for ever and never queue its point again.
 
-    A task's process is the one DVC's process manager (``dvc_task``) recorded in ``runs_dir``
-    under the task's stash revision; a task with no record yet (just picked up) counts as alive.
+    A task's process is the one recorded under its stash revision (:func:`_process_records`); a
+    task with no record yet (just picked up) counts as alive.
     """
-    from dvc_task.proc.manager import ProcessManager  # DVC's own reader of those records
-
     running = [(task, name) for task, name, state in queue_tasks(queue_status) if state == "Running"]
-    if not running or not runs_dir.is_dir():
-        return []
-    manager = ProcessManager(str(runs_dir))
-    revs = [entry.name for entry in runs_dir.iterdir() if entry.is_dir()]  # DVCLive leaves a file there too
-    records = [(rev, manager.get(rev)) for rev in revs]
+    records = _process_records(runs_dir, [task for task, _ in running])
     return [(task, name) for task, name in running
-            if any(rev.startswith(task) and info is not None and info.returncode is None
+            if any(rev.startswith(task) and info.returncode is None
                    and not _alive(info.pid, _record_time(runs_dir, rev)) for rev, info in records)]
 
 
@@ -178,29 +185,29 @@ def release_orphans(queue_status: str) -> str:
     orphans = [orphan for orphan in orphaned_tasks(queue_status) if orphan in orphans]
     if not orphans:
         return queue_status
-    _forget_processes(RUNS_DIR, [task for task, _ in orphans])
+    _set_exit(RUNS_DIR, [task for task, _ in orphans], -1)
     try:
         _dvc("queue", "kill", *(task for task, _ in orphans), capture=True)
+        print(f"notice: {len(orphans)} experiments listed as running had no process left (a stopped worker or a "
+              f"restarted machine): marked failed, to be queued again ({', '.join(name for _, name in orphans)})",
+              file=sys.stderr)
     except SparseNetError as error:  # a live worker still claims one: it was not orphaned after all
+        _set_exit(RUNS_DIR, [task for task, _ in orphans], None)  # to be checked again at the next poll
         print(f"notice: {error}", file=sys.stderr)
-        return _dvc("queue", "status", capture=True)
-    print(f"notice: {len(orphans)} experiments listed as running had no process left (a stopped worker or a "
-          f"restarted machine): marked failed, to be queued again ({', '.join(name for _, name in orphans)})",
-          file=sys.stderr)
     return _dvc("queue", "status", capture=True)
 
 
-def _forget_processes(runs_dir: Path, tasks: list[str]) -> None:
-    """Record the processes of ``tasks`` as ended, so that ``dvc queue kill`` only marks the tasks
-    failed: it would otherwise signal whatever process now holds their numbers."""
+def _set_exit(runs_dir: Path, tasks: list[str], returncode: int | None) -> None:
+    """Record the processes of ``tasks`` as ended (-1), so that ``dvc queue kill`` only marks the
+    tasks failed — it would otherwise signal whatever process now holds their numbers — or, the
+    kill refused, as running again (None)."""
     from dvc_task.proc.manager import ProcessManager
 
     manager = ProcessManager(str(runs_dir))
-    for entry in runs_dir.iterdir():
-        info = manager.get(entry.name) if entry.is_dir() and entry.name.startswith(tuple(tasks)) else None
-        if info is not None and info.returncode is None:
-            info.returncode = -1
-            manager[entry.name] = info
+    for rev, info in _process_records(runs_dir, tasks):
+        if info.returncode in (None, -1):
+            info.returncode = returncode
+            manager[rev] = info
 
 
 def _start_queue(jobs: int) -> None:
@@ -300,7 +307,7 @@ CONTROL_KEYS = ("epochs", "finetune_epochs", "lr", "lr_schedule")
 SMALL_KEYS = ("epochs", "finetune_epochs")
 
 
-def _entries(exp_show: list) -> Iterator[tuple[dict, str, bool]]:
+def _entries(exp_show: list, head: str | None = None) -> Iterator[tuple[dict, str, bool]]:
     """(rev, the commit it is based on — the workspace's: the first baseline listed, HEAD —, whether
     it is an experiment): finished experiments first, then their baselines and the workspace (which
     often repeat one).
@@ -313,17 +320,18 @@ def _entries(exp_show: list) -> Iterator[tuple[dict, str, bool]]:
             if (experiment.get("executor") or {}).get("state") not in UNFINISHED:
                 for rev in experiment.get("revs") or []:
                     yield rev, entry.get("rev", ""), True
-    head = next((entry.get("rev", "") for entry in exp_show if entry.get("rev") != "workspace"), "")
+    if head is None:  # DVC lists HEAD's baseline first unless --rev or --all-commits chose others
+        head = next((entry.get("rev", "") for entry in exp_show if entry.get("rev") != "workspace"), "")
     for entry in exp_show:  # the workspace runs on the checked-out commit
         yield entry, head if entry.get("rev") == "workspace" else entry.get("rev", ""), False
 
 
-def collect_points(exp_show: list) -> list[dict]:
+def collect_points(exp_show: list, head: str | None = None) -> list[dict]:
     """Rows of :data:`RUN_COLUMNS` for every experiment (and baseline) with an ``evaluate.json``:
     its pruned model, and — once per seed and setting — its small-dense baseline, dense model and
     control.  Rows repeated by baselines and the workspace are dropped."""
     rows = []
-    for entry, commit, experiment in _entries(exp_show):
+    for entry, commit, experiment in _entries(exp_show, head):
         data = entry.get("data") or {}
         metrics = ((data.get("metrics") or {}).get("metrics/evaluate.json") or {}).get("data")
         params = ((data.get("params") or {}).get("params.yaml") or {}).get("data") or {}
@@ -542,9 +550,9 @@ def plot_frontier(rows: list[dict], png: Path, table: Path, runs: Path, markdown
     for mean in means:
         seeds = mean["seeds"].split()
         if len(set(seeds)) < len(seeds):
-            print(f"notice: {mean['line']} at {mean['target_sparsity']:g} has several runs of one seed ({mean['seeds']}): "
-                  "results of different code? plot the experiments of one commit (--rev, without --keep-runs)",
-                  file=sys.stderr)
+            print(f"notice: {mean['line']} at {mean['target_sparsity']:g} has several runs of one seed "
+                  f"({mean['seeds']}): results of different code? plot one commit's experiments into a table of "
+                  "their own (--rev, --runs-csv)", file=sys.stderr)
     write_csv(runs, rows, RUN_COLUMNS)
     write_csv(table, means, COLUMNS)
     if markdown is not None:
@@ -599,9 +607,10 @@ def main(argv: list[str] | None = None) -> None:
                 raise SparseNetError(f"--seeds {args.seeds} not allowed; expected distinct integers in 0..{2**32 - 1}")
             recorded = read_runs(args.runs_csv)
             if recorded and not args.keep_runs:  # refused now, not after hours of training
-                raise SparseNetError(f"{args.runs_csv} holds {len(dropped_runs(recorded, []))} runs that plotting "
-                                     "this sweep alone would drop: --keep-runs adds to it (and skips the points it "
-                                     "holds), --runs-csv names another table, or remove it to start afresh")
+                runs = len({row["experiment"] for row in recorded})
+                raise SparseNetError(f"{args.runs_csv} holds {runs} runs that plotting this sweep alone would drop: "
+                                     "--keep-runs adds to it (and skips the points it holds), --runs-csv names "
+                                     "another table, or remove it to start afresh")
             done = {row["experiment"] for row in recorded if row["kind"] == "pruned"}
             # finished experiments of every commit: a sweep re-run after a commit queues nothing twice
             done |= set(_dvc("exp", "list", "--all-commits", "--name-only", capture=True).split())
@@ -613,7 +622,8 @@ def main(argv: list[str] | None = None) -> None:
         show = ["exp", "show", "--json"] + (["--all-commits"] if getattr(args, "all_commits", False) else [])
         show += ["--rev", args.rev] if getattr(args, "rev", None) else []
         show += ["--num", str(args.num)] if getattr(args, "num", None) else []
-        rows = collect_points(json.loads(_dvc(*show, capture=True)))
+        head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip() or None
+        rows = collect_points(json.loads(_dvc(*show, capture=True)), head)
         earlier = read_runs(args.runs_csv)
         if args.keep_runs:
             rows = merge_runs(earlier, rows)

@@ -325,7 +325,11 @@ def test_each_row_names_the_commit_its_run_is_based_on_the_workspace_its_checkou
             {**_rev(head, "magnitude", 0.95, 0.9121), "name": "main", "experiments": [  # DVC: the branch
                 _experiment("success", _rev("sweep-magnitude-09", "magnitude", 0.9, 0.915))]}]
     commits = {r["experiment"]: r["commit"] for r in pruned(collect_points(show))}
-    # named by their commits, not by "workspace" and "main", which runs of the next commit share
+    # named by their commits, not by "workspace" and "main", which runs of the next commit share;
+    # with --rev another commit's baseline comes first: the workspace still runs on HEAD
+    other = {**_rev("f" * 40, "magnitude", 0.8, 0.91), "experiments": None}
+    ws = [r for r in pruned(collect_points([show[0], other, show[1]], head)) if r["experiment"].startswith("workspace")]
+    assert [(r["experiment"], r["commit"]) for r in ws] == [("workspace@0123456789ab", "0123456789ab")]
     assert commits == {"sweep-magnitude-09": "0123456789ab", "workspace@0123456789ab": "0123456789ab",
                        "0123456789ab": "0123456789ab"}
 
@@ -370,7 +374,7 @@ def test_a_task_left_running_without_its_process_is_found_and_no_other(tmp_path)
     from dvc_task.proc.manager import ProcessManager
     from dvc_task.proc.process import ProcessInfo
 
-    from sparsenet.frontier import _forget_processes, orphaned_tasks
+    from sparsenet.frontier import _set_exit, orphaned_tasks
 
     ended = subprocess.Popen([sys.executable, "-c", "pass"])
     ended.wait()  # reaped: its pid names no process now
@@ -396,10 +400,12 @@ def test_a_task_left_running_without_its_process_is_found_and_no_other(tmp_path)
     assert orphaned_tasks(status, runs) == [("a1a1a1a", "sweep-gone-seed0"), ("f6f6f6f", "sweep-reused-seed0")]
     assert orphaned_tasks(status, runs / "missing") == []
     # before `dvc queue kill`, their processes are recorded as ended: no signal reaches a stranger
-    _forget_processes(runs, ["a1a1a1a", "f6f6f6f"])
+    _set_exit(runs, ["a1a1a1a", "f6f6f6f"], -1)
     assert {rev[:7]: manager[rev].returncode for rev in manager if rev[0] != "D"} == {
         "a1a1a1a": -1, "b2b2b2b": None, "c3c3c3c": 0, "d4d4d4d": None, "f6f6f6f": -1}
     assert orphaned_tasks(status, runs) == []
+    _set_exit(runs, ["a1a1a1a"], None)  # the kill refused: checked again
+    assert orphaned_tasks(status, runs) == [("a1a1a1a", "sweep-gone-seed0")]
 
 
 def test_a_workspace_run_of_another_point_on_a_later_commit_keeps_the_earlier_one():

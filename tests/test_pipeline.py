@@ -7,10 +7,8 @@ import io
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -319,17 +317,6 @@ def test_a_stage_runs_the_package_of_the_checkout_it_runs_in(tmp_path):
     assert f"prepare from {tmp_path / 'sparsenet' / 'pipeline' / 'prepare.py'}" in out
 
 
-def test_same_params_and_seed_give_the_same_metrics(project, tmp_path):
-    root, _, _, baseline_models = project
-    env = make_project(tmp_path, SMALL)
-    run(dvc("repro", "evaluate"), tmp_path, env)
-    first = json.loads(run(["git", "show", "HEAD:metrics/evaluate.json"], root, env).stdout)
-    second = json.loads((tmp_path / "metrics" / "evaluate.json").read_text())
-    assert first == second
-    for model in ("dense.pt", "sparse.pt", "packed.pt", "compressed.pt"):  # byte-identical: DVC sees the same hash
-        assert baseline_models[model] == (tmp_path / "models" / model).read_bytes(), model
-
-
 def test_folder_source_reruns_prepare_when_images_are_added_and_never_touches_them(tmp_path):
     from PIL import Image
 
@@ -356,95 +343,6 @@ def test_folder_source_reruns_prepare_when_images_are_added_and_never_touches_th
     del_new = tree_digest(tmp_path / "data" / "train")
     del_new.pop("cat/new.png")
     assert del_new == before, "dvc repro must never modify the user's images"
-
-
-def test_frontier_sweep_runs_every_point_per_seed_and_aggregates(tmp_path):
-    # No baseline run: each experiment trains what it needs (seeds 0 and 1 share nothing anyway),
-    # two queue workers at once.
-    env = make_project(tmp_path, merged(SMALL, {"prune": {"epochs": 1, "finetune_epochs": 0}}))
-    # one point, two seeds: the least that shows replicates (test_frontier checks the grid itself)
-    command = [sys.executable, "-m", "sparsenet.frontier", "sweep", "--methods", "magnitude", "--sparsities",
-               "0.8", "--seeds", "0", "1", "--jobs", "2"]
-    # --no-wait returns at once, also to a caller reading its output through a pipe (the queue
-    # worker must not inherit it); the experiments take far longer than queueing them
-    # and from outside an activated virtualenv: DVC spawns its worker as a bare `dvc`
-    bin_dir = str(Path(sys.executable).parent)
-    env = dict(env, PATH=os.pathsep.join(d for d in env["PATH"].split(os.pathsep) if d != bin_dir))
-    queued = run(command + ["--no-wait"], tmp_path, env)
-    assert "2 experiments queued" in queued.stdout
-    status = run(dvc("queue", "status"), tmp_path, env).stdout
-    assert any(state in status for state in ("Queued", "Running")), status
-    # the machine restarts mid-run: every queue process dies at once, and DVC lists the task it
-    # was running as running for ever
-    task, name, pid = running_task(tmp_path, env)
-    assert os.getpgid(pid) != os.getpgrp()
-    os.killpg(os.getpgid(pid), signal.SIGKILL)
-    status = run(dvc("queue", "status"), tmp_path, env).stdout
-    assert f"{task}  {name}" in status and "Running" in status, status
-    # the sweep without --no-wait marks that task failed, queues its point again, waits for
-    # both points, then plots them
-    sweep = run(command, tmp_path, env)
-    assert "no process left" in sweep.stderr and name in sweep.stderr, sweep.stderr
-    orphans = int(sweep.stderr.split(" experiments listed as running")[0].split()[-1])
-    queued_again = int(sweep.stdout.split(" experiments queued")[0].split()[-1])
-    assert orphans == queued_again in (1, 2), (sweep.stdout, sweep.stderr)  # the other seed: queued, or running too
-    assert "points -> plots/frontier.png" in sweep.stdout
-    with open(tmp_path / "plots" / "frontier_runs.csv") as fh:
-        runs = list(csv.DictReader(fh))
-    swept = {(r["kind"], r["experiment"], r["seed"]) for r in runs if r["experiment"].startswith("sweep-")}
-    assert {(kind, seed) for kind, _, seed in swept} == {(kind, seed) for kind in ("pruned", "small", "dense", "control")
-                                                         for seed in ("0", "1")}
-    pruned = [r for r in runs if r["kind"] == "pruned"]
-    assert len(pruned) == 2
-    # the seeds are replicates: each experiment trained its own dense model
-    shown = json.loads(run(dvc("exp", "show", "--json"), tmp_path, env).stdout)
-    dense_losses = {exp["name"]: rev["data"]["metrics"]["metrics/evaluate.json"]["data"]["dense"]["loss"]
-                    for entry in shown for exp in entry.get("experiments") or [] for rev in exp["revs"]
-                    if (exp.get("executor") or {}).get("state") != "failed"}  # the killed task's remains
-    assert len(dense_losses) == 2 and len(set(dense_losses.values())) == 2, dense_losses
-    assert all(abs(float(r["sparsity"]) - 0.8) < 0.01 for r in pruned)
-    with open(tmp_path / "plots" / "frontier.csv") as fh:
-        means = {(r["kind"], r["target_sparsity"]): r for r in csv.DictReader(fh)}
-    point = means[("pruned", "0.8")]
-    accuracies = [float(r["accuracy"]) for r in pruned]
-    assert point["n"] == "2" and point["seeds"] == "0 1"
-    assert float(point["accuracy_mean"]) == pytest.approx(sum(accuracies) / 2)
-    assert float(point["accuracy_std"]) == pytest.approx(abs(accuracies[0] - accuracies[1]) / 2 ** 0.5)
-    assert means[("dense", "0.0")]["n"] == "2" and means[("small", "0.8")]["n"] == "2"
-    assert (tmp_path / "plots" / "frontier.png").read_bytes()[:4] == b"\x89PNG"
-    # a later commit has no experiments of its own: plotting it alone would drop every run recorded
-    run(["git", "commit", "-q", "--allow-empty", "-m", "later"], tmp_path, env)
-    recorded = (tmp_path / "plots" / "frontier_runs.csv").read_bytes()
-    plot = [sys.executable, "-m", "sparsenet.frontier", "plot"]
-    refused = run(plot, tmp_path, env, check=False)
-    assert refused.returncode == 2 and "--keep-runs keeps them" in refused.stderr, refused.stderr
-    assert (tmp_path / "plots" / "frontier_runs.csv").read_bytes() == recorded
-    run(plot + ["--keep-runs"], tmp_path, env)
-    again = run(command, tmp_path, env, check=False)  # refused before queueing anything
-    assert again.returncode == 2 and "--keep-runs adds to it" in again.stderr, again.stderr
-    with open(tmp_path / "plots" / "frontier_runs.csv") as fh:
-        kept = [r for r in csv.DictReader(fh) if r["kind"] == "pruned"]
-    assert sorted(r["experiment"] for r in kept) == sorted(r["experiment"] for r in pruned)
-
-
-def running_task(root: Path, env: dict, timeout: float = 120.0) -> tuple[str, str, int]:
-    """(task, experiment name, process id) of a task ``dvc queue status`` lists as running once
-    DVC has recorded its process."""
-    from dvc_task.proc.manager import ProcessManager
-
-    from sparsenet.frontier import queue_tasks
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        runs = root / ".dvc" / "tmp" / "exps" / "run"
-        records = {entry.name: ProcessManager(str(runs)).get(entry.name) for entry in runs.glob("*") if entry.is_dir()}
-        for task, name, state in queue_tasks(run(dvc("queue", "status"), root, env).stdout):
-            pids = [info.pid for rev, info in records.items()
-                    if info is not None and rev.startswith(task) and info.returncode is None]
-            if state == "Running" and pids:
-                return task, name, pids[0]
-        time.sleep(0.5)
-    raise AssertionError(f"no task running after {timeout:.0f} s")
 
 
 def commented_params(overrides: dict) -> str:

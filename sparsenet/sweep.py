@@ -1,0 +1,218 @@
+"""Sweep points as Ray tasks: each one ordinary ``dvc exp run`` in a clean clone, published with ``dvc exp push``.
+
+A point is a set of ``-S key=value`` params and an experiment name.  Its task clones the sweep's
+commit from a git remote, shares a DVC cache (same machine or a shared folder) or pulls what it
+needs from a DVC remote, runs ``dvc exp run --name <point> -S …`` there and pushes the experiment
+back: its git ref to the git remote, its outputs (and DVC's run cache, so another node restores
+a stage already run instead of training it again) to the DVC remote.  The driver submits every
+point, then reports each one as it finishes.
+
+Ray does the rest: a worker process or a node that dies mid-point makes Ray run the task again
+(``max_retries``) on a node still alive; a point that fails for its own reason (a bad param, a
+stage error) returns its error line and is not retried.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+from sparsenet.errors import SparseNetError
+
+RETRIES = 3  # runs of a point after a crash of its worker or node (Ray re-runs the task elsewhere)
+LOCAL_ENV = {
+    # Ray advertises the machine's own IP and its servers listen on every interface by default;
+    # a local instance needs neither: with "clusters" off, Ray binds to 127.0.0.1 only.
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    # The raylet kills every process a dead worker left (``dvc exp run`` and its stage), also
+    # when the worker was SIGKILLed.
+    "RAY_kill_child_processes_on_worker_exit_with_raylet_subreaper": "true",
+}
+
+
+@dataclass(frozen=True)
+class Point:
+    """One experiment of the sweep: its name and its ``-S`` params (``key=value``)."""
+
+    name: str
+    sets: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a task gets the project and publishes its result.
+
+    ``git_remote``: a URL or path the task clones ``commit`` from and pushes the experiment to.
+    ``cache_dir``: a DVC cache every task shares (this machine's, or a folder every node mounts);
+    ``dvc_remote``: the name of a DVC remote configured in the project, or a URL, to pull inputs
+    from and push outputs and run cache to.  Either, both or neither.
+    """
+
+    git_remote: str
+    commit: str
+    cache_dir: str | None = None
+    dvc_remote: str | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of a point: published (``error`` empty) or not, with its test accuracy."""
+
+    name: str
+    error: str = ""
+    accuracy: float | None = None
+    seconds: float = 0.0
+    already: bool = False  # a run before this one had published it (a retry after the push)
+    log: str = ""          # the end of ``dvc exp run``'s output, for a failed point
+
+
+def _python_env(threads: int) -> dict[str, str]:
+    """The environment of a point's DVC: this Python's ``bin`` first on ``PATH`` (the stages run a
+    bare ``python``) and ``threads`` threads for PyTorch and the compiled kernels."""
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), DVC_NO_ANALYTICS="1")
+    env.pop("PYTHONPATH", None)  # a stage imports the clone's package, nothing else
+    return env
+
+
+def _run(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+
+
+def _error_line(result: subprocess.CompletedProcess) -> str:
+    """The line that says why a command failed: a stage's own ``error: …`` line, else the last line."""
+    lines = [line.strip() for line in (result.stderr + "\n" + result.stdout).splitlines() if line.strip()]
+    ours = [line for line in lines if line.startswith("error: ")]
+    return (ours or lines or [f"exit status {result.returncode}"])[-1]
+
+
+def is_url(remote: str) -> bool:
+    """Whether a DVC remote is given by its URL or path rather than by the name of one configured."""
+    return "/" in remote or ":" in remote or remote.startswith(".")
+
+
+def run_point(point: Point, source: Source, threads: int = 1) -> Outcome:
+    """Run one point in a clean clone and publish it; the body of the sweep's Ray task.
+
+    A point already published to the git remote at this commit (a run of this task that died
+    after pushing) is not run again.
+    """
+    start = time.monotonic()
+    env = _python_env(threads)
+    dvc = [sys.executable, "-m", "dvc"]
+    with tempfile.TemporaryDirectory(prefix="sparsenet-point-") as tmp:
+        clone = Path(tmp) / "project"
+        steps = [(f"cloning {source.git_remote}", ["git", "clone", "--quiet", "--no-checkout", source.git_remote,
+                                                    str(clone)]),
+                 (f"commit {source.commit[:12]} not in {source.git_remote} (push it there first)",
+                  ["git", "checkout", "--quiet", "--detach", source.commit])]
+        if source.cache_dir:
+            steps.append(("dvc cache dir", dvc + ["cache", "dir", "--local", source.cache_dir]))
+        if source.dvc_remote and is_url(source.dvc_remote):
+            steps.append(("dvc remote add", dvc + ["remote", "add", "--local", "--default", "--force", "sweep",
+                                                   source.dvc_remote]))
+        elif source.dvc_remote:
+            steps.append(("dvc remote default", dvc + ["remote", "default", "--local", source.dvc_remote]))
+        for what, step in steps:
+            result = _run(step, clone if clone.is_dir() else Path(tmp), env)
+            if result.returncode != 0:
+                return Outcome(point.name, f"{what}: {_error_line(result)}", log=result.stderr[-4000:])
+        if point.name in _names(dvc, source.git_remote, source.commit, clone, env):
+            return Outcome(point.name, already=True, seconds=time.monotonic() - start)
+        sets = [arg for value in point.sets for arg in ("-S", value)]
+        pull = ["--pull"] if source.dvc_remote else []
+        result = _run(dvc + ["exp", "run", "--name", point.name, *pull, *sets], clone, env)
+        # Told by what exists, not by exit codes alone: `dvc exp run --pull` can exit 0 after a stage
+        # failed, `dvc exp push` exit 0 without pushing (DVC 3.67).
+        if result.returncode != 0 or point.name not in _names(dvc, None, source.commit, clone, env):
+            return Outcome(point.name, _error_line(result), seconds=time.monotonic() - start,
+                           log=(result.stdout + result.stderr)[-4000:])
+        metrics = json.loads((clone / "metrics" / "evaluate.json").read_text())
+        push = dvc + ["exp", "push", "--force", source.git_remote, point.name]
+        push += ["--run-cache"] if source.dvc_remote else ["--no-cache"]
+        result = _run(push, clone, env)
+        if result.returncode != 0 or point.name not in _names(dvc, source.git_remote, source.commit, clone, env):
+            return Outcome(point.name, f"dvc exp push: {_error_line(result)}", seconds=time.monotonic() - start,
+                           log=(result.stdout + result.stderr)[-4000:])
+        return Outcome(point.name, accuracy=metrics["sparse"]["accuracy"], seconds=time.monotonic() - start)
+
+
+def _names(dvc: list[str], git_remote: str | None, commit: str, clone: Path, env: dict[str, str]) -> set[str]:
+    """The names of the experiments based on ``commit``: in the clone, or in ``git_remote``."""
+    listed = _run(dvc + ["exp", "list", *([git_remote] if git_remote else []), "--rev", commit, "--name-only"],
+                  clone, env)
+    return set(listed.stdout.split()) if listed.returncode == 0 else set()
+
+
+def start_ray(address: str | None, cpus: int) -> None:
+    """Join the cluster at ``address``, or start a local instance of ``cpus`` CPUs on 127.0.0.1
+    (no dashboard)."""
+    if address is None:
+        os.environ.update(LOCAL_ENV)  # before Ray is imported: it reads them once
+    import ray
+
+    if address is None:
+        ray.init(address="local", num_cpus=cpus, include_dashboard=False, logging_level="warning",
+                 log_to_driver=False)  # "local": a new instance, never one `ray start` left running
+    else:
+        try:
+            ray.init(address=address, logging_level="warning", log_to_driver=False)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise SparseNetError(f"cannot join the Ray cluster at {address}: {' '.join(str(exc).split())[:300]}") from None
+
+
+def run(points: Iterable[Point], source: Source, threads: int, address: str | None = None,
+        jobs: int | None = None) -> list[Outcome]:
+    """Run ``points`` as Ray tasks of ``threads`` CPUs each and return their outcomes, each
+    reported in one line (:func:`describe`) as it finishes, under a progress bar.
+
+    Locally (``address`` None) Ray gets ``jobs × threads`` CPUs (default: every core); on a
+    cluster each node runs as many points at once as it has CPUs for.
+    """
+    from tqdm import tqdm
+
+    points = list(points)
+    cpus = (jobs or max(1, (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                             else os.cpu_count() or 1) // threads)) * threads
+    start_ray(address, cpus)  # first: the local instance's settings must be in place before Ray is imported
+    import ray
+
+    task = ray.remote(num_cpus=threads, max_retries=RETRIES, retry_exceptions=False)(run_point)
+    pending = {task.remote(point, source, threads): point for point in points}
+    outcomes = []
+    try:
+        with tqdm(total=len(pending), desc="points", unit="point", file=sys.stderr, dynamic_ncols=True) as bar:
+            while pending:
+                (ref,), _ = ray.wait(list(pending), num_returns=1)
+                point = pending.pop(ref)
+                try:
+                    outcome = ray.get(ref)
+                except ray.exceptions.RayTaskError as exc:  # the task's own code raised: not retried
+                    cause = exc.cause if isinstance(exc.cause, BaseException) else exc
+                    outcome = Outcome(point.name, f"{type(cause).__name__}: {' '.join(str(cause).split())[:300]}",
+                                      log=str(exc))
+                except ray.exceptions.RayError as exc:  # retries exhausted: the task's nodes kept dying
+                    outcome = Outcome(point.name, f"lost after {RETRIES + 1} runs: {type(exc).__name__}", log=str(exc))
+                outcomes.append(outcome)
+                bar.update()
+                bar.write(describe(outcome))
+    finally:
+        ray.shutdown()
+    return outcomes
+
+
+def describe(outcome: Outcome) -> str:
+    """One line per finished point."""
+    if outcome.error:
+        return f"failed: {outcome.name}: {outcome.error}"
+    if outcome.already:
+        return f"done: {outcome.name} (published earlier)"
+    return f"done: {outcome.name}: accuracy {outcome.accuracy:.2%} ({outcome.seconds:.0f} s)"

@@ -101,7 +101,7 @@ def threads(root: Path, epochs: int, repeats: int) -> dict:
 
 
 def _accuracies(repo: Path) -> dict[str, float]:
-    return {e.name: e.metrics["sparse"]["accuracy"] for e in finished(all_commits=True, cwd=repo)}
+    return {e.name: e.metrics["sparse"]["accuracy"] for e in finished(cwd=repo)}
 
 
 def throughput(root: Path, methods: list[str], sparsities: list[float], seeds: list[int]) -> dict:

@@ -4,7 +4,8 @@
     sparsenet inspect models/sparse.pt       # per-layer sparsity, sizes and cost of any checkpoint
     sparsenet summary                        # the current run's results
     sparsenet bench [--quick]                # benchmark ratios (python -m sparsenet.bench)
-    sparsenet frontier sweep|plot            # accuracy-sparsity frontier (python -m sparsenet.frontier)
+    sparsenet frontier sweep|plot            # accuracy-sparsity frontier, points as Ray tasks (python -m sparsenet.frontier)
+    sparsenet bench-sweep threads|throughput # a sweep's threads per point; points per hour against DVC's queue
     sparsenet sensitivity                    # each layer pruned alone: accuracy curves (plots/sensitivity.*)
 
 The step sub-commands run exactly what ``dvc repro`` runs (``stages/<step>.py`` call the same
@@ -25,8 +26,8 @@ from sparsenet.checkpoints import (FOREIGN_FILE_ERRORS, is_sparse, lenet_from_st
 from sparsenet.errors import SparseNetError, one_line_errors
 
 STEPS = ("prepare", "train_dense", "prune_train", "train_control", "train_small", "compress", "evaluate", "visualize")
-TOOLS = {"summary": "sparsenet.summary", "bench": "sparsenet.bench", "frontier": "sparsenet.frontier",
-         "sensitivity": "sparsenet.sensitivity_tool"}  # sub-command → module with its own main()
+TOOLS = {"summary": "sparsenet.summary", "bench": "sparsenet.bench", "bench-sweep": "sparsenet.bench_sweep",
+         "frontier": "sparsenet.frontier", "sensitivity": "sparsenet.sensitivity_tool"}  # sub-command → module with its own main()
 
 
 def inspect_checkpoint(path: Path) -> None:

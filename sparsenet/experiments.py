@@ -64,10 +64,17 @@ def git(*args: str, cwd: Path | None = None, check: bool = True) -> subprocess.C
     return result
 
 
-def finished(all_commits: bool = True, cwd: Path | None = None) -> list[Experiment]:
-    """Every finished experiment with a ``metrics/evaluate.json`` (``dvc exp show --json``): of
-    all commits, or of HEAD only.  Queued, running and failed ones are left out."""
-    shown = json.loads(dvc("exp", "show", "--json", *(["--all-commits"] if all_commits else []), cwd=cwd) or "[]")
+def finished(cwd: Path | None = None) -> list[Experiment]:
+    """Every finished experiment with a ``metrics/evaluate.json``, whatever commit it is based on
+    (``dvc exp show --json`` of the commits experiments are based on).  Queued, running and
+    failed ones are left out."""
+    listed = dvc("exp", "list", "--all-commits", "--sha-only", cwd=cwd).split()
+    shas = [word for word in listed if len(word) == 40 and all(c in "0123456789abcdef" for c in word)]
+    if not shas:
+        return []
+    parents = git("rev-parse", *(f"{sha}^" for sha in shas), cwd=cwd).stdout.split()  # an experiment's baseline
+    revs = [arg for baseline in dict.fromkeys(parents) for arg in ("--rev", baseline)]
+    shown = json.loads(dvc("exp", "show", "--json", *revs, cwd=cwd) or "[]")
     found = []
     for baseline in shown:
         for experiment in baseline.get("experiments") or []:

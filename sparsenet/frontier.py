@@ -312,7 +312,7 @@ def write_tables(rows: list[dict], out: Path) -> list[dict]:
 
 def current_experiments(code: Code, all_commits: bool = False) -> list[Experiment]:
     """The finished experiments that ran this code (:meth:`Code.runs_this`), or every one."""
-    experiments = finished(all_commits=True, cwd=code.cwd)
+    experiments = finished(cwd=code.cwd)
     return experiments if all_commits else [e for e in experiments if code.runs_this(e.rev)]
 
 

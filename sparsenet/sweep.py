@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Iterable
 
 from sparsenet.errors import SparseNetError
+from sparsenet.experiments import dvc_env
 
 RETRIES = 3  # runs of a point after a crash of its worker or node (Ray re-runs the task elsewhere)
 LOCAL_ENV = {
@@ -74,10 +75,9 @@ class Outcome:
 
 
 def _python_env(threads: int) -> dict[str, str]:
-    """The environment of a point's DVC: this Python's ``bin`` first on ``PATH`` (the stages run a
-    bare ``python``) and ``threads`` threads for PyTorch and the compiled kernels."""
-    env = dict(os.environ)
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    """The environment of a point's DVC (:func:`sparsenet.experiments.dvc_env`) with ``threads``
+    threads for PyTorch and the compiled kernels."""
+    env = dvc_env()
     env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), DVC_NO_ANALYTICS="1")
     env.pop("PYTHONPATH", None)  # a stage imports the clone's package, nothing else
     return env
@@ -157,6 +157,7 @@ def start_ray(address: str | None, cpus: int) -> None:
     (no dashboard)."""
     if address is None:
         os.environ.update(LOCAL_ENV)  # before Ray is imported: it reads them once
+        os.environ.setdefault("RAY_AUTH_MODE", "token")  # Ray's default for a local instance, said quietly
     import ray
 
     if address is None:

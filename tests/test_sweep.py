@@ -32,6 +32,7 @@ LOOPBACK = {
     "RAY_kill_child_processes_on_worker_exit_with_raylet_subreaper": "true",
     "RAY_AUTH_MODE": "token",
 }
+LOOPBACK_ADDRESSES = {"127.0.0.1", "::ffff:127.0.0.1"}
 
 
 @pytest.fixture(scope="module")
@@ -133,11 +134,12 @@ def test_a_killed_driver_and_a_killed_node_leave_every_point_published_once(proj
     while not dvc_runs_on(raylet):
         assert again.poll() is None and time.monotonic() < deadline
         time.sleep(0.5)
+    cluster_addresses = listening_addresses(psutil.Process())  # the nodes run below this process
     nodes.remove_node(worker)
     nodes.add_node(num_cpus=1)  # a node joins instead: two points at once again
     output, _ = again.communicate(timeout=600)
     assert again.returncode == 0, output
-    print(output)
+    assert cluster_addresses and cluster_addresses <= LOOPBACK_ADDRESSES, cluster_addresses
     assert f"8 points: {len(before)} already done for this code, {8 - len(before)} to run" in output, output
     assert sorted(trained(output) + before) == published(remote, root, env), output  # only the missing ones ran
     names = [name for name, _ in experiments(root, env)]
@@ -201,7 +203,7 @@ def test_a_change_to_the_plots_reruns_nothing_and_one_to_training_every_point(pr
     addresses = listening_addresses(tree)
     output, _ = driver.communicate(timeout=600)
     assert driver.returncode == 0, output
-    assert addresses and addresses <= {"127.0.0.1", "::ffff:127.0.0.1"}, addresses  # Ray on loopback only
+    assert addresses and addresses <= LOOPBACK_ADDRESSES, addresses  # Ray on loopback only
     assert "2 points: 0 already done for this code, 2 to run" in output, output
     assert trained(output) == ["sweep-magnitude-05-seed0", "sweep-magnitude-05-seed1"]
     with open(root / "plots" / "frontier_runs.csv") as fh:

@@ -119,13 +119,18 @@ def throughput(root: Path, methods: list[str], sparsities: list[float], seeds: l
         queue_repo = _clone(root, Path(tmp) / "queue")
         dvc = [sys.executable, "-m", "dvc"]
         start = time.perf_counter()
-        for point in points:
-            sets = [arg for key, value in point.items() for arg in ("-S", f"{key}={value}")]
-            subprocess.run(dvc + ["exp", "run", "--queue", "--name", experiment_name(point, []), *sets],
-                           cwd=queue_repo, env=env, check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
-        subprocess.run(dvc + ["exp", "run", "--run-all", "--jobs", "1"], cwd=queue_repo, env=env, check=True,
-                       stdin=subprocess.DEVNULL)
-        results["queue"] = {"seconds": time.perf_counter() - start, "accuracy": _accuracies(queue_repo)}
+        try:
+            for point in points:
+                sets = [arg for key, value in point.items() for arg in ("-S", f"{key}={value}")]
+                subprocess.run(dvc + ["exp", "run", "--queue", "--name", experiment_name(point, []), *sets],
+                               cwd=queue_repo, env=env, check=True, stdin=subprocess.DEVNULL,
+                               stdout=subprocess.DEVNULL)
+            subprocess.run(dvc + ["exp", "run", "--run-all", "--jobs", "1"], cwd=queue_repo, env=env, check=True,
+                           stdin=subprocess.DEVNULL)
+            results["queue"] = {"seconds": time.perf_counter() - start, "accuracy": _accuracies(queue_repo)}
+        finally:  # the queue's worker is a daemon: stopped, with its task, however this ends
+            subprocess.run(dvc + ["queue", "stop", "--kill"], cwd=queue_repo, env=env, capture_output=True,
+                           stdin=subprocess.DEVNULL)
     for way in ("ray", "queue"):
         results[way]["points_per_hour"] = 3600 * len(points) / results[way]["seconds"]
     results["ray_vs_queue"] = results["ray"]["points_per_hour"] / results["queue"]["points_per_hour"]

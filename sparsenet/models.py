@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sparsenet import fixed_threads
 from sparsenet.conv_block import conv_pool_relu
 from sparsenet.options import LAYER_NAMES
 
@@ -127,9 +128,9 @@ class LeNet(nn.Module):
         x = conv_block(self.conv1, x)
         x = conv_block(self.conv2, x)
         x = torch.flatten(x, 1)
-        x = F.relu(self.fc1(x))
-        x = F.relu(self.fc2(x))
-        return self.fc3(x)
+        x = F.relu(fully_connected(self.fc1, x))
+        x = F.relu(fully_connected(self.fc2, x))
+        return fully_connected(self.fc3, x)
 
 
 def conv_block(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
@@ -144,12 +145,24 @@ def conv_block(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     return F.relu(max_pool_2x2(conv(x)))
 
 
+def fully_connected(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """``layer(x)``; training on CPU computes it on one thread per product
+    (:mod:`sparsenet.fixed_threads`), so the trained model does not depend on the thread count."""
+    if torch.is_grad_enabled() and x.device.type == "cpu" and not _has_hooks(layer):
+        return fixed_threads.linear(x, *used_parameters(layer))
+    return layer(x)
+
+
+def _has_hooks(layer: nn.Module) -> bool:
+    """Whether calling ``layer`` runs hooks (``torch.nn.utils.prune`` recomputes the weight in a
+    pre-hook; others may watch): then it is called as it is."""
+    return bool(layer._forward_pre_hooks or layer._forward_hooks or nn.modules.module._global_forward_pre_hooks
+                or nn.modules.module._global_forward_hooks)
+
+
 def _runs_as_plain_conv(conv: nn.Conv2d) -> bool:
-    """Whether ``conv(x)`` is exactly ``conv2d(x, *used_parameters(conv))``: LeNet's geometry and
-    no hooks (``torch.nn.utils.prune`` recomputes the weight in a pre-hook; others may watch)."""
-    hooks = (conv._forward_pre_hooks or conv._forward_hooks or nn.modules.module._global_forward_pre_hooks
-             or nn.modules.module._global_forward_hooks)
-    return (not hooks and conv.stride == (1, 1) and conv.padding == (0, 0) and conv.dilation == (1, 1)
+    """Whether ``conv(x)`` is exactly ``conv2d(x, *used_parameters(conv))``: LeNet's geometry and no hooks."""
+    return (not _has_hooks(conv) and conv.stride == (1, 1) and conv.padding == (0, 0) and conv.dilation == (1, 1)
             and conv.groups == 1 and conv.padding_mode == "zeros")
 
 

@@ -123,3 +123,45 @@ def test_a_checkpoint_that_does_not_fit_gives_one_clear_error(tmp_path, dense):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(SparseNetError, match="junk.pt: not a SparseNet checkpoint"):
         load_model(tmp_path / "junk.pt", sparse=False, image_size=32, num_classes=10)
+
+
+def _trained_after_steps(threads: int, model_type: type[LeNet]) -> dict[str, torch.Tensor]:
+    """A LeNet of 64-pixel input after three Adam steps of batch 128 on ``threads`` threads."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        torch.manual_seed(0)
+        model = model_type(num_classes=10, image_size=64).to(memory_format=torch.channels_last)
+        optimizer = torch.optim.Adam(model.parameters(), lr=0.002)
+        draws = torch.Generator().manual_seed(1)
+        for _ in range(3):
+            images = torch.randn(128, 3, 64, 64, generator=draws).contiguous(memory_format=torch.channels_last)
+            labels = torch.randint(0, 10, (128,), generator=draws)
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(model(images), labels).backward()
+            optimizer.step()
+        return {name: value.detach().clone() for name, value in model.state_dict().items()}
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_training_gives_the_same_bytes_on_one_thread_and_on_two():
+    # Two threads may split a small layer's weight-gradient sum over the batch (fc3's 10 x 84)
+    # and add the parts in another order; a sweep's one-thread points must train what a
+    # two-thread `dvc repro` trains.
+    for model_type in (LeNet, SparseNet):
+        one, two = _trained_after_steps(1, model_type), _trained_after_steps(2, model_type)
+        assert all(torch.equal(one[name], two[name]) for name in one), model_type.__name__
+
+
+def test_one_thread_restores_the_thread_count():
+    from sparsenet.fixed_threads import one_thread
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with one_thread():
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

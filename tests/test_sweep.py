@@ -11,6 +11,7 @@ import csv
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,7 +22,7 @@ import psutil
 import pytest
 import yaml
 
-from tests.test_pipeline import SMALL, dvc, make_project, merged, run
+from tests.test_pipeline import REPO, SMALL, dvc, make_project, merged, run
 
 # Tiny points: one epoch each, so a point is process starts more than training.
 PARAMS = merged(SMALL, {"train": {"epochs": 1}, "prune": {"epochs": 1, "finetune_epochs": 0},
@@ -61,6 +62,7 @@ def project(tmp_path_factory, cluster):
     base = tmp_path_factory.mktemp("sweep")
     root, remote, store = base / "repo", base / "remote.git", base / "dvc-store"
     root.mkdir()
+    shutil.copytree(REPO / "results", root / "results")  # the project's own frontier record comes with a clone
     env = make_project(root, PARAMS)
     env.update(cluster[1], RAY_ADDRESS=cluster[0].address)
     run(["git", "init", "-q", "--bare", str(remote)], base, env)
@@ -157,6 +159,8 @@ def test_a_killed_driver_and_a_killed_node_leave_every_point_published_once(proj
         rows = list(csv.DictReader(fh))
     assert {row["commit"] for row in rows} == {head[:12]}
     accuracies = {row["experiment"]: float(row["accuracy"]) for row in rows if row["kind"] == "pruned"}
+    for name in ("frontier_runs.csv", "frontier.md"):  # the project's record stands beside the user's tables
+        assert (root / "results" / "frontier" / name).read_bytes() == (REPO / "results" / "frontier" / name).read_bytes()
     magnitude = [accuracies[f"sweep-magnitude-05-seed{seed}"] for seed in (0, 1)]
     assert float(means[("pruned", "magnitude (layer)", "0.5")]["accuracy_mean"]) == pytest.approx(sum(magnitude) / 2)
 

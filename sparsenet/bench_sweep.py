@@ -12,8 +12,8 @@ machine's speed drifts) and the median pair is kept.
 its own (nothing restored from the other): with ``sparsenet frontier sweep`` (a local Ray
 instance, its default threads per point) and with DVC's own queue (``dvc exp run --queue`` per
 point, then ``dvc exp run --run-all --jobs 1``), and reports points per hour and each point's
-test accuracy in both.  Both write ``--out`` (default ``metrics/bench_sweep.json``) with the
-machine they ran on.
+test accuracy in both.  Both write their result, with the machine it was measured on, into
+``--out`` (default ``metrics/bench_sweep.json``), keeping the other's.
 """
 
 from __future__ import annotations
@@ -28,7 +28,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import yaml
 
@@ -152,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
         command.add_argument("--out", type=Path, default=Path("metrics/bench_sweep.json"))
     args = parser.parse_args(argv)
     root = Path(git("rev-parse", "--show-toplevel").stdout.strip())
-    with one_line_errors():
+    with one_line_errors(), _failed_commands_in_one_line():
         if args.command == "threads":
             result = threads(root, args.epochs, args.repeats)
             print(f"two train_dense runs: one after the other {result['one_at_a_time_s']:.1f} s, two at once "
@@ -163,8 +165,22 @@ def main(argv: list[str] | None = None) -> None:
                   f"DVC queue (1 job) {result['queue']['points_per_hour']:.1f} points/h: "
                   f"{result['ray_vs_queue']:.2f}x; same accuracies: {result['same_accuracies']}")
     earlier = json.loads(args.out.read_text()) if args.out.is_file() else {}
-    write_json(args.out, {**earlier, "machine": machine(), args.command: result})
+    older_machine = earlier.pop("machine", None)  # files of the first version: one machine for every result
+    for name, value in earlier.items():
+        if isinstance(value, dict) and older_machine is not None:
+            value.setdefault("machine", older_machine)
+    write_json(args.out, {**earlier, args.command: {**result, "machine": machine()}})
     print(f"-> {args.out}")
+
+
+@contextmanager
+def _failed_commands_in_one_line() -> Iterator[None]:
+    """A contender's command that fails becomes one error line, not a traceback."""
+    try:
+        yield
+    except subprocess.CalledProcessError as exc:
+        raise SparseNetError(f"{' '.join(map(str, exc.cmd[1:4]))} … failed (exit {exc.returncode}); its output is "
+                             "above") from None
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import yaml
 
@@ -64,17 +63,28 @@ def git(*args: str, cwd: Path | None = None, check: bool = True) -> subprocess.C
     return result
 
 
+def experiment_refs(cwd: Path | None = None, git_remote: str | None = None, rev: str | None = None) -> dict:
+    """``{baseline commit: [(name, experiment commit or None), …]}`` of the experiments in the
+    repo at ``cwd`` (or in ``git_remote``), of every commit (or of ``rev``), from DVC's Python API."""
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    try:
+        with Repo(str(cwd or ".")) as repo:
+            return dict(repo.experiments.ls(rev=rev, all_commits=rev is None, git_remote=git_remote))
+    except DvcException as exc:
+        where = f"the git remote {git_remote}" if git_remote else (str(cwd) if cwd else "this repo")
+        raise SparseNetError(f"listing the experiments of {where}: {' '.join(str(exc).split())}") from None
+
+
 def finished(cwd: Path | None = None) -> list[Experiment]:
     """Every finished experiment with a ``metrics/evaluate.json``, whatever commit it is based on
     (``dvc exp show --json`` of the commits experiments are based on).  Queued, running and
     failed ones are left out."""
-    listed = dvc("exp", "list", "--all-commits", "--sha-only", cwd=cwd).split()
-    shas = [word for word in listed if len(word) == 40 and all(c in "0123456789abcdef" for c in word)]
-    if not shas:
+    baselines = [baseline for baseline, experiments in experiment_refs(cwd).items() if experiments]
+    if not baselines:
         return []
-    parents = git("rev-parse", *(f"{sha}^" for sha in shas), cwd=cwd).stdout.split()  # an experiment's baseline
-    revs = [arg for baseline in dict.fromkeys(parents) for arg in ("--rev", baseline)]
-    shown = json.loads(dvc("exp", "show", "--json", *revs, cwd=cwd) or "[]")
+    shown = json.loads(dvc("exp", "show", "--json", *(a for b in baselines for a in ("--rev", b)), cwd=cwd) or "[]")
     found = []
     for baseline in shown:
         for experiment in baseline.get("experiments") or []:
@@ -143,26 +153,28 @@ class Code:
                    check=False)
         return diff.returncode == 0
 
-    def params(self) -> dict:
-        """HEAD's ``params.yaml`` (the file a sweep's clones start from)."""
-        return _yaml_at(self.head, "params.yaml", self.cwd)
+    def params(self, sets: tuple[str, ...] | list[str] = ()) -> dict:
+        """HEAD's ``params.yaml`` (the file a sweep's clones start from) with ``sets`` applied as
+        ``dvc exp run -S`` applies them, read as ``dvc exp show`` reads it (:func:`with_sets`)."""
+        return with_sets(git("show", f"{self.head}:params.yaml", cwd=self.cwd).stdout, sets)
 
 
-def with_sets(params: dict, sets: list[str] | tuple[str, ...]) -> dict:
-    """``params`` with each ``key.path=value`` applied as ``dvc exp run -S`` does (values read as
-    YAML; a number in exponent form such as ``1e-3`` as a number)."""
-    out = json.loads(json.dumps(params))
-    for assignment in sets:
-        key, _, text = assignment.partition("=")
-        value: Any = yaml.safe_load(text) if text else None
-        if isinstance(value, str):
+def with_sets(params_text: str, sets: tuple[str, ...] | list[str]) -> dict:
+    """The params of a ``params.yaml`` holding ``params_text`` once ``dvc exp run -S`` has applied
+    ``sets`` (``key.path=value``), as ``dvc exp show`` reports them: DVC's own override and YAML
+    code does both, so a value reads the same here as in the experiment (YAML 1.2: ``1e-3`` a
+    number, ``on`` a string)."""
+    import tempfile
+
+    from dvc.utils.hydra import apply_overrides
+    from dvc.utils.serialize import load_yaml
+
+    with tempfile.TemporaryDirectory(prefix="sparsenet-params-") as tmp:
+        path = Path(tmp) / "params.yaml"
+        path.write_text(params_text)
+        if sets:
             try:
-                value = float(value) if value.lower() not in ("nan", "inf", "-inf", "infinity") else value
-            except ValueError:
-                pass
-        node = out
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return out
+                apply_overrides(path, list(sets))
+            except Exception as exc:  # DVC's own words for a value it cannot parse
+                raise SparseNetError(f"--set {' '.join(sets)}: {exc}") from None
+        return json.loads(json.dumps(load_yaml(path)))

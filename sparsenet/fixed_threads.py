@@ -1,20 +1,44 @@
-"""Training's fully connected layers, computed the same to the last bit whatever the thread count.
+"""Training's and evaluation's fully connected layers, computed the same to the last bit whatever the thread count.
 
 With two or more threads, the BLAS library PyTorch uses on the CPU may split a matrix product's
 sum over the batch (a small layer's weight gradient: fc3's 10 × 84 sums 128 products) among
 threads and add the parts in another order: the gradient differs in its last bits, and after a
 few hundred steps the trained model in its accuracy.  So a sweep's one-thread points and a
 two-thread ``dvc repro`` would give different results for the same params, under the same DVC
-stage hash.  Here each product of a training step runs on one thread, in one fixed order; the
-convolutions keep every core (:mod:`sparsenet.conv_block` sums in a fixed order already).
+stage hash.  The same holds for a test batch of a few images (5 to 11 here) without gradients.
+Here each product of a training step, and of the forward passes that measure accuracy
+(:func:`pinned`), runs on one thread, in one fixed order; the convolutions keep every core
+(:mod:`sparsenet.conv_block` sums in a fixed order already).  Other inference — the speed
+measurements' eager PyTorch among it — is left as PyTorch runs it.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Iterator
 
 import torch
+
+
+_PINNED = ContextVar("sparsenet_fixed_threads_pinned", default=False)
+
+
+@contextmanager
+def pinned() -> Iterator[None]:
+    """Inside the block, forward passes without gradients compute their fully connected layers
+    as training does (:func:`linear`): for measurements that must not depend on the thread count."""
+    token = _PINNED.set(True)
+    try:
+        yield
+    finally:
+        _PINNED.reset(token)
+
+
+def is_pinned() -> bool:
+    """Whether a fully connected layer should compute through :func:`linear` now: while training,
+    or inside :func:`pinned`."""
+    return torch.is_grad_enabled() or _PINNED.get()
 
 
 @contextmanager

@@ -22,6 +22,7 @@ tables) and ``frontier.png``.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import sys
 from pathlib import Path
@@ -29,7 +30,7 @@ from pathlib import Path
 import pandas as pd
 
 from sparsenet.errors import SparseNetError, one_line_errors
-from sparsenet.experiments import Code, Experiment, dvc, finished, git, with_sets
+from sparsenet.experiments import Code, Experiment, dvc, finished, git
 from sparsenet.io import write_csv, write_text
 from sparsenet.options import PRUNE_CRITERIA, PRUNE_METHODS, PRUNE_STRUCTURES, default
 from sparsenet.pruning import pruned_layer_names
@@ -50,7 +51,8 @@ VARIANT_KEYS = ("rewind", "epochs", "finetune_epochs", "lr", "lr_schedule", "rou
 # Of those, the ones the control and the small model depend on (they do not prune).
 CONTROL_KEYS = ("epochs", "finetune_epochs", "lr", "lr_schedule")
 SMALL_KEYS = ("epochs", "finetune_epochs")
-EXIT_FAILED_MAX = 100  # a sweep's exit status: how many points failed, capped here
+EXIT_POINTS_FAILED = 100  # a sweep whose n points failed exits 100 + n (n up to 100); a refused command exits 2
+EXIT_INTERRUPTED = 130
 
 
 def sweep_points(methods: list[str], sparsities: list[float], structures: list[str],
@@ -72,11 +74,17 @@ def sweep_points(methods: list[str], sparsities: list[float], structures: list[s
 def experiment_name(point: dict[str, str], extra: list[str]) -> str:
     """``sweep-<values>-seed<n>``: the point's values, then each ``--set`` as its key (without
     ``prune.``) and value (``prune.epochs=6`` → ``epochs6``, ``train.epochs=6`` → ``trainepochs6``),
-    as a git ref name (letters, digits, dashes)."""
+    as a git ref name (letters, digits, ``.``, ``-``, ``_``).  Where a value loses characters on
+    the way (``[fc1, conv1]``), a digest of every value follows, so two points never share a name."""
     values = [v for key, v in point.items() if key != "seed"]
-    values += [key.removeprefix("prune.") + value for key, _, value in (e.partition("=") for e in extra)]
-    cleaned = ["".join(ch for ch in value if ch.isalnum() or ch == "-") for value in values]
-    return "sweep-" + "-".join(v for v in cleaned if v) + f"-seed{point['seed']}"
+    values += [key.removeprefix("prune.").replace(".", "") + value for key, _, value in (e.partition("=") for e in extra)]
+    cleaned = ["".join(ch for ch in value if ch.isascii() and (ch.isalnum() or ch in ".-_")).strip(".")
+               for value in values]
+    cleaned = [value.replace("..", ".") for value in cleaned]
+    name = "sweep-" + "-".join(v for v in cleaned if v)
+    if cleaned != values:
+        name += "-" + hashlib.sha1("\0".join(values).encode()).hexdigest()[:6]
+    return f"{name}-seed{point['seed']}"
 
 
 def interleave_seeds(points: list[dict[str, str]]) -> list[dict[str, str]]:
@@ -329,7 +337,6 @@ def _sweep(args: argparse.Namespace) -> int:
     elsewhere = not (os.path.isdir(remote) and os.path.samefile(remote, root))
     if elsewhere:  # what every machine published there counts as done
         _pull(root, remote)
-    head_params = code.params()
     points, seen = [], set()
     for values in interleave_seeds(sweep_points(args.methods, args.sparsities, args.structures, args.criteria,
                                                 args.seeds)):
@@ -337,7 +344,7 @@ def _sweep(args: argparse.Namespace) -> int:
         name = experiment_name(values, args.extra)
         if name not in seen:  # a point given twice runs once
             seen.add(name)
-            points.append((sweep.Point(name, sets), with_sets(head_params, sets)))
+            points.append((sweep.Point(name, sets), code.params(sets)))
     current = current_experiments(code)
     todo = [point for point, params in points if not any(e.params == params for e in current)]
     print(f"{len(points)} points: {len(points) - len(todo)} already done for this code, {len(todo)} to run")
@@ -345,7 +352,7 @@ def _sweep(args: argparse.Namespace) -> int:
     if todo:
         local = args.address is None
         cache_dir = args.cache_dir or (dvc("cache", "dir", cwd=root).strip() if local else None)
-        dvc_remote = args.dvc_remote or _default_remote(root)
+        dvc_remote = _remote_for_clones(root, args.dvc_remote or _default_remote(root))
         if not local and not cache_dir and not dvc_remote:
             print("notice: no --cache-dir shared by the nodes and no DVC remote: the experiments' models stay "
                   "out of reach (their metrics are published with them)", file=sys.stderr)
@@ -359,8 +366,11 @@ def _sweep(args: argparse.Namespace) -> int:
         if elsewhere:
             _pull(root, remote)
         print(f"{len(outcomes) - len(failed)} points done, {len(failed)} failed"
-              + (f" (logs: .sparsenet/sweep/)" if any(o.log for o in failed) else ""))
-    _plot(code, args.out, all_commits=False)
+              + (" (logs: .sparsenet/sweep/)" if any(o.log for o in failed) else ""))
+    if failed and not current_experiments(code):
+        print("no experiment of this code to tabulate yet", file=sys.stderr)
+    else:
+        _plot(code, args.out, all_commits=False)
     return len(failed)
 
 
@@ -368,6 +378,29 @@ def _pull(root: Path, remote: str) -> None:
     """Fetch every experiment published to the git remote ``remote`` (their refs: metrics and
     params; outputs stay in the DVC remote until ``dvc exp apply`` + ``dvc pull``)."""
     dvc("exp", "pull", "--no-cache", "--force", "--all-commits", remote, cwd=root)
+
+
+def _remote_for_clones(root: Path, remote: str | None) -> str | None:
+    """``remote`` as the points' clones can use it: its name where the project's ``.dvc/config``
+    (which a clone has) defines it, else its URL (a remote of ``.dvc/config.local`` or of the
+    user's config; its other settings stay behind, so a notice says so)."""
+    from sparsenet.sweep import is_url
+
+    if remote is None or is_url(remote):
+        return remote
+    try:
+        url = dvc("config", "--project", f"remote.{remote}.url", cwd=root).strip()
+        if "://" in url or os.path.isabs(url):
+            return remote
+        return str((root / ".dvc" / url).resolve())  # a relative path would land inside each clone
+    except SparseNetError:
+        try:
+            url = dvc("config", f"remote.{remote}.url", cwd=root).strip()
+        except SparseNetError:
+            raise SparseNetError(f"--dvc-remote {remote}: no such DVC remote (dvc remote list)") from None
+        print(f"notice: DVC remote {remote} is not in .dvc/config: the points use its URL {url} and none of its "
+              "other settings (commit it with `dvc remote add --project`)", file=sys.stderr)
+        return url
 
 
 def _default_remote(root: Path) -> str | None:
@@ -432,17 +465,18 @@ def main(argv: list[str] | None = None) -> None:
             else:
                 _plot(Code(), args.out, args.all_commits)
             return
-        bad = [s for s in args.sparsities if not 0 <= s < 1]
-        if bad:
-            raise SparseNetError(f"--sparsities {bad} not allowed; expected fractions in [0, 1)")
         if len(set(args.seeds)) != len(args.seeds) or any(not 0 <= s < 2**32 for s in args.seeds):
             raise SparseNetError(f"--seeds {args.seeds} not allowed; expected distinct integers in 0..{2**32 - 1}")
         if args.threads < 1 or (args.jobs is not None and args.jobs < 1):
             raise SparseNetError("--threads and --jobs: expected integers ≥ 1")
         args.address = args.address or os.environ.get("RAY_ADDRESS") or None
-        failed = _sweep(args)
+        try:
+            failed = _sweep(args)
+        except KeyboardInterrupt:
+            print("interrupted: the points published so far stand; the same command runs the rest", file=sys.stderr)
+            raise SystemExit(EXIT_INTERRUPTED) from None
     if failed:
-        raise SystemExit(min(failed, EXIT_FAILED_MAX))
+        raise SystemExit(EXIT_POINTS_FAILED + min(failed, 100))
 
 
 if __name__ == "__main__":

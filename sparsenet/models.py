@@ -146,9 +146,9 @@ def conv_block(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
 
 
 def fully_connected(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """``layer(x)``; training on CPU computes it on one thread per product
-    (:mod:`sparsenet.fixed_threads`), so the trained model does not depend on the thread count."""
-    if torch.is_grad_enabled() and x.device.type == "cpu" and not _has_hooks(layer):
+    """``layer(x)``; training and accuracy measurements on CPU compute it on one thread per product
+    (:mod:`sparsenet.fixed_threads`), so neither depends on the thread count."""
+    if x.device.type == "cpu" and fixed_threads.is_pinned() and not _has_hooks(layer):
         return fixed_threads.linear(x, *used_parameters(layer))
     return layer(x)
 

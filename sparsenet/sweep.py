@@ -25,13 +25,15 @@ from pathlib import Path
 from typing import Iterable
 
 from sparsenet.errors import SparseNetError
-from sparsenet.experiments import dvc_env
+from sparsenet.experiments import dvc_env, experiment_refs
+from sparsenet.lifetime import ENV
 
 RETRIES = 3  # runs of a point after a crash of its worker or node (Ray re-runs the task elsewhere)
+LOOPBACK = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray takes 127.0.0.1 for this machine's IP
 LOCAL_ENV = {
     # Ray advertises the machine's own IP and its servers listen on every interface by default;
     # a local instance needs neither: with "clusters" off, Ray binds to 127.0.0.1 only.
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    LOOPBACK: "0",
     # The raylet kills every process a dead worker left (``dvc exp run`` and its stage), also
     # when the worker was SIGKILLed.
     "RAY_kill_child_processes_on_worker_exit_with_raylet_subreaper": "true",
@@ -114,6 +116,9 @@ def run_point(point: Point, source: Source, threads: int = 1) -> Outcome:
                                                     str(clone)]),
                  (f"commit {source.commit[:12]} not in {source.git_remote} (push it there first)",
                   ["git", "checkout", "--quiet", "--detach", source.commit])]
+        # The clone's outputs as hard links into the cache where it can (DVC protects them read-only,
+        # the stages replace them by renames): a point of Fashion-MNIST checks out 1 GB of data.
+        steps.append(("dvc config", dvc + ["config", "--local", "cache.type", "hardlink,copy"]))
         if source.cache_dir:
             steps.append(("dvc cache dir", dvc + ["cache", "dir", "--local", source.cache_dir]))
         if source.dvc_remote and is_url(source.dvc_remote):
@@ -125,31 +130,31 @@ def run_point(point: Point, source: Source, threads: int = 1) -> Outcome:
             result = _run(step, clone if clone.is_dir() else Path(tmp), env)
             if result.returncode != 0:
                 return Outcome(point.name, f"{what}: {_error_line(result)}", log=result.stderr[-4000:])
-        if point.name in _names(dvc, source.git_remote, source.commit, clone, env):
+        if point.name in _names(source.git_remote, source.commit, clone):
             return Outcome(point.name, already=True, seconds=time.monotonic() - start)
         sets = [arg for value in point.sets for arg in ("-S", value)]
         pull = ["--pull"] if source.dvc_remote else []
-        result = _run(dvc + ["exp", "run", "--name", point.name, *pull, *sets], clone, env)
+        # dvc and its stages end if this worker does (-I: the wrapper of this install, not of the clone)
+        tied = [sys.executable, "-I", "-m", "sparsenet.lifetime"]
+        result = _run(tied + dvc + ["exp", "run", "--name", point.name, *pull, *sets], clone, dict(env, **{ENV: "1"}))
         # Told by what exists, not by exit codes alone: `dvc exp run --pull` can exit 0 after a stage
         # failed, `dvc exp push` exit 0 without pushing (DVC 3.67).
-        if result.returncode != 0 or point.name not in _names(dvc, None, source.commit, clone, env):
+        if result.returncode != 0 or point.name not in _names(None, source.commit, clone):
             return Outcome(point.name, _error_line(result), seconds=time.monotonic() - start,
                            log=(result.stdout + result.stderr)[-4000:])
         metrics = json.loads((clone / "metrics" / "evaluate.json").read_text())
         push = dvc + ["exp", "push", "--force", source.git_remote, point.name]
         push += ["--run-cache"] if source.dvc_remote else ["--no-cache"]
         result = _run(push, clone, env)
-        if result.returncode != 0 or point.name not in _names(dvc, source.git_remote, source.commit, clone, env):
+        if result.returncode != 0 or point.name not in _names(source.git_remote, source.commit, clone):
             return Outcome(point.name, f"dvc exp push: {_error_line(result)}", seconds=time.monotonic() - start,
                            log=(result.stdout + result.stderr)[-4000:])
         return Outcome(point.name, accuracy=metrics["sparse"]["accuracy"], seconds=time.monotonic() - start)
 
 
-def _names(dvc: list[str], git_remote: str | None, commit: str, clone: Path, env: dict[str, str]) -> set[str]:
+def _names(git_remote: str | None, commit: str, clone: Path) -> set[str]:
     """The names of the experiments based on ``commit``: in the clone, or in ``git_remote``."""
-    listed = _run(dvc + ["exp", "list", *([git_remote] if git_remote else []), "--rev", commit, "--name-only"],
-                  clone, env)
-    return set(listed.stdout.split()) if listed.returncode == 0 else set()
+    return {name for refs in experiment_refs(clone, git_remote, commit).values() for name, _ in refs}
 
 
 def start_ray(address: str | None, cpus: int) -> None:
@@ -158,6 +163,10 @@ def start_ray(address: str | None, cpus: int) -> None:
     if address is None:
         os.environ.update(LOCAL_ENV)  # before Ray is imported: it reads them once
         os.environ.setdefault("RAY_AUTH_MODE", "token")  # Ray's default for a local instance, said quietly
+    elif address.rpartition(":")[0] in ("127.0.0.1", "localhost", "[::1]"):
+        # A cluster on this machine's loopback (nodes started with --node-ip-address 127.0.0.1):
+        # without this Ray takes the driver for the machine's own IP and finds no node of it.
+        os.environ.setdefault(LOOPBACK, "0")
     import ray
 
     if address is None:
@@ -189,8 +198,9 @@ def run(points: Iterable[Point], source: Source, threads: int, address: str | No
     task = ray.remote(num_cpus=threads, max_retries=RETRIES, retry_exceptions=False)(run_point)
     pending = {task.remote(point, source, threads): point for point in points}
     outcomes = []
-    try:
-        with tqdm(total=len(pending), desc="points", unit="point", file=sys.stderr, dynamic_ncols=True) as bar:
+    try:  # the bar where someone watches; in a log, just a line per point
+        with tqdm(total=len(pending), desc="points", unit="point", file=sys.stderr, dynamic_ncols=True,
+                  disable=not sys.stderr.isatty()) as bar:
             while pending:
                 (ref,), _ = ray.wait(list(pending), num_returns=1)
                 point = pending.pop(ref)
@@ -204,7 +214,7 @@ def run(points: Iterable[Point], source: Source, threads: int, address: str | No
                     outcome = Outcome(point.name, f"lost after {RETRIES + 1} runs: {type(exc).__name__}", log=str(exc))
                 outcomes.append(outcome)
                 bar.update()
-                bar.write(describe(outcome))
+                bar.write(f"{describe(outcome)} [{len(outcomes)} of {len(points)}]", file=sys.stderr)
     finally:
         ray.shutdown()
     return outcomes

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from sparsenet import fixed_threads
 from sparsenet.checkpoints import load_resume_state, save_resume_state
 from sparsenet.errors import SparseNetError
 from sparsenet.models import enforce_masks_after_steps
@@ -43,7 +44,8 @@ def evaluate(model: nn.Module, loader: BatchLoader) -> tuple[float, float]:
     model.eval()
     loss_sum, correct, count = 0.0, 0, 0
     for images, labels in loader:
-        logits = model(images)
+        with fixed_threads.pinned():  # the same logits on any number of threads
+            logits = model(images)
         loss_sum += nn.functional.cross_entropy(logits, labels, reduction="sum").item()
         correct += (logits.argmax(dim=1) == labels).sum().item()
         count += len(labels)

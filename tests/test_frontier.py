@@ -226,19 +226,29 @@ def test_a_foreign_or_short_runs_table_is_refused_in_one_line(tmp_path):
 
 
 def test_experiment_names_hold_every_value_and_stay_valid_ref_names():
+    import re
+
     point = {"prune.method": "structured", "prune.structure": "filters", "prune.criterion": "l2",
              "prune.sparsity": "0.5", "seed": "2"}
-    assert experiment_name(point, ["prune.allocation=sensitivity", "prune.exclude=[fc1]"]) == \
-        "sweep-structured-filters-l2-05-allocationsensitivity-excludefc1-seed2"
+    assert experiment_name(point, ["prune.allocation=sensitivity"]) == \
+        "sweep-structured-filters-l2-0.5-allocationsensitivity-seed2"
+    excluded = experiment_name(point, ["prune.exclude=[fc1]"])  # brackets lost: a digest keeps it apart
+    assert re.fullmatch(r"sweep-structured-filters-l2-0\.5-excludefc1-[0-9a-f]{6}-seed2", excluded), excluded
+    assert excluded != experiment_name(point, ["prune.exclude=fc1"])
     assert experiment_name(point, []) != experiment_name(point, ["prune.allocation=sensitivity"])
-    names = {experiment_name(point, [extra]) for extra in ("prune.epochs=5", "prune.finetune_epochs=5", "train.epochs=5")}
-    assert len(names) == 3  # the same value under different keys: different experiments
+    names = {experiment_name(point, [extra]) for extra in ("prune.epochs=5", "prune.finetune_epochs=5", "train.epochs=5",
+                                                           "prune.lr=1.5", "prune.lr=15", "prune.lr=0.15")}
+    assert len(names) == 6  # the same value under different keys, values differing in a dot: all apart
+    for name in names | {excluded}:  # what `git check-ref-format` takes, as DVC requires
+        assert re.fullmatch(r"[A-Za-z0-9._-]+", name) and ".." not in name and not name.startswith(".")
 
 
 def test_sets_apply_to_the_params_as_dvc_exp_run_reads_them():
-    params = {"seed": 0, "prune": {"sparsity": 0.95, "lr": 0.001, "exclude": []}}
-    out = with_sets(params, ["seed=2", "prune.sparsity=0.5", "prune.lr=1e-3", "prune.exclude=[fc1, conv1]",
-                             "prune.method=taylor", "train.epochs=6"])
-    assert out == {"seed": 2, "prune": {"sparsity": 0.5, "lr": 0.001, "exclude": ["fc1", "conv1"], "method": "taylor"},
-                   "train": {"epochs": 6}}
-    assert params["seed"] == 0  # the original is left alone
+    # YAML 1.2, as DVC reads params.yaml: 1e-3 a number, 010 ten, `on` a string
+    text = "seed: 0\nprune:\n  sparsity: 0.95\n  lr: 1e-3\n  exclude: []\n  flag: on\n  width: 010\n"
+    assert with_sets(text, []) == {"seed": 0, "prune": {"sparsity": 0.95, "lr": 0.001, "exclude": [], "flag": "on",
+                                                        "width": 10}}
+    out = with_sets(text, ["seed=2", "prune.sparsity=0.5", "prune.lr=2e-3", "prune.exclude=[fc1,conv1]",
+                           "prune.flag=off"])
+    assert out["seed"] == 2 and out["prune"] == {"sparsity": 0.5, "lr": 0.002, "exclude": ["fc1", "conv1"],
+                                                 "flag": "off", "width": 10}

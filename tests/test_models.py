@@ -165,3 +165,23 @@ def test_one_thread_restores_the_thread_count():
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_measured_accuracy_has_the_same_logits_on_one_thread_and_on_two():
+    # A test batch of a few images (7 here) makes PyTorch's BLAS split fc1's product among two
+    # threads differently: evaluation computes it as training does.
+    from sparsenet.fixed_threads import pinned
+
+    torch.manual_seed(0)
+    model = LeNet(num_classes=10, image_size=64).eval()
+    images = torch.randn(7, 3, 64, 64)
+    before = torch.get_num_threads()
+    logits = {}
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            with torch.no_grad(), pinned():
+                logits[threads] = model(images)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(logits[1], logits[2])

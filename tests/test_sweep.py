@@ -1,5 +1,5 @@
 """The frontier sweep on a real Ray cluster of two nodes, with real DVC and git: a bare git repo
-as the shared git remote, a folder as the DVC remote, every address on 127.0.0.1.
+as the shared git remote, a folder as the DVC remote, every node's IP 127.0.0.1.
 
 One module-scoped project and cluster; the tests run in order, each building on the last (the
 points a test publishes are the ones the next one finds done).
@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import csv
 import json
-import os
+import re
 import secrets
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import psutil
@@ -28,28 +29,29 @@ from tests.test_pipeline import REPO, SMALL, dvc, make_project, merged, run
 PARAMS = merged(SMALL, {"train": {"epochs": 1}, "prune": {"epochs": 1, "finetune_epochs": 0},
                         "compress": {"epochs": 0}})
 GRID = ["--methods", "magnitude", "random", "--sparsities", "0.5", "0.8", "--seeds", "0", "1"]
-LOOPBACK = {
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # every node and the driver on 127.0.0.1
-    "RAY_kill_child_processes_on_worker_exit_with_raylet_subreaper": "true",
-    "RAY_AUTH_MODE": "token",
-}
+POINTS = sorted(f"sweep-{method}-{target}-seed{seed}" for method in ("magnitude", "random") for target in ("0.5", "0.8")
+                for seed in (0, 1))
 LOOPBACK_ADDRESSES = {"127.0.0.1", "::ffff:127.0.0.1"}
+DEADLINE = 600  # seconds a step may take on a loaded 2-core machine
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    """A head and one worker node of one CPU each, token authentication on, a token of their own."""
+    """A head and one worker node of one CPU each on 127.0.0.1, token authentication on with a
+    token of their own; the raylets kill what a dead worker leaves running."""
     token = tmp_path_factory.mktemp("ray") / "token"
     token.write_text(secrets.token_hex(32))
     token.chmod(0o600)
-    settings = dict(LOOPBACK, RAY_AUTH_TOKEN_PATH=str(token))
+    settings = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token),
+                "RAY_kill_child_processes_on_worker_exit_with_raylet_subreaper": "true"}
     mp = pytest.MonkeyPatch()
     for key, value in settings.items():
         mp.setenv(key, value)
     from ray.cluster_utils import Cluster  # after the settings: Ray reads them once, at import
 
-    nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-    nodes.add_node(num_cpus=1)
+    nodes = Cluster(initialize_head=True,
+                    head_node_args={"num_cpus": 1, "include_dashboard": False, "node_ip_address": "127.0.0.1"})
+    nodes.add_node(num_cpus=1, node_ip_address="127.0.0.1")
     nodes.wait_for_nodes()
     yield nodes, settings
     nodes.shutdown()
@@ -73,104 +75,42 @@ def project(tmp_path_factory, cluster):
     return root, remote, store, env
 
 
-def sweep_command(remote: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "sparsenet.frontier", "sweep", "--git-remote", str(remote), *args]
+def sweep_command(remote: Path | None, *args: str) -> list[str]:
+    where = ["--git-remote", str(remote)] if remote else []
+    return [sys.executable, "-m", "sparsenet.frontier", "sweep", *where, *args]
 
 
-def experiments(root: Path, env: dict, shas: bool = False) -> list[tuple[str, ...]]:
-    """(name, baseline commit[, the experiment's commit]) of every finished experiment ``dvc exp
-    show`` lists."""
-    shown = json.loads(run(dvc("exp", "show", "--json", "--all-commits"), root, env).stdout)
-    return sorted((exp["name"], baseline["rev"], *([exp["revs"][0]["rev"]] if shas else []))
-                  for baseline in shown for exp in baseline.get("experiments") or []
-                  if (exp.get("executor") or {}).get("state") in (None, "success"))
-
-
-def recorded_outputs(root: Path, env: dict, rev: str) -> dict[str, str]:
-    """Every output's hash in the ``dvc.lock`` of commit ``rev``, and its metrics file."""
-    lock = yaml.safe_load(run(["git", "show", f"{rev}:dvc.lock"], root, env).stdout)
-    hashes = {out["path"]: out["md5"] for stage in lock["stages"].values() for out in stage.get("outs") or []
-              if out["path"] not in ("metrics/speed.json", "plots/report.md")}  # timings vary, and the page showing them
-    return hashes
+def shown(root: Path, env: dict) -> list[dict]:
+    """(name, baseline, experiment commit, accuracy) of every finished experiment, as ``dvc exp
+    show --json`` reports them."""
+    entries = json.loads(run(dvc("exp", "show", "--json", "--all-commits"), root, env).stdout)
+    return sorted(({"name": exp["name"], "baseline": baseline["rev"], "rev": exp["revs"][0]["rev"],
+                    "accuracy": exp["revs"][0]["data"]["metrics"]["metrics/evaluate.json"]["data"]["sparse"]["accuracy"]}
+                   for baseline in entries for exp in baseline.get("experiments") or []
+                   if (exp.get("executor") or {}).get("state") in (None, "success")), key=lambda e: e["name"])
 
 
 def published(remote: Path, root: Path, env: dict) -> list[str]:
-    listed = run(dvc("exp", "list", str(remote), "--all-commits", "--name-only"), root, env).stdout
-    return sorted(word for word in listed.split() if word.startswith("sweep-"))  # DVC may add a notice
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        return sorted(name for refs in repo.experiments.ls(all_commits=True, git_remote=str(remote)).values()
+                      for name, _ in refs)
+
+
+def reported(output: str) -> list[str]:
+    """Every point a sweep reported done (``done: <name>: accuracy …`` or ``… (published earlier)``)."""
+    return sorted(match.group(1) for line in output.splitlines() if (match := re.match(r"done: (\S+?):? ", line)))
 
 
 def trained(output: str) -> list[str]:
-    """Points the sweep ran to the end this time (``done: <name>: accuracy …``)."""
-    return sorted(line.split(":")[1].strip() for line in output.splitlines()
-                  if line.startswith("done: ") and ": accuracy " in line)
+    """The points a sweep ran to the end (``done: <name>: accuracy …``)."""
+    return sorted(match.group(1) for line in output.splitlines() if (match := re.match(r"done: (\S+): accuracy ", line)))
 
 
-def dvc_runs_on(raylet: psutil.Process) -> list[psutil.Process]:
-    """The ``dvc exp run`` processes below a node's raylet."""
-    return [p for p in raylet.children(recursive=True) if "exp" in p.cmdline() and "run" in p.cmdline()]
-
-
-def test_a_killed_driver_and_a_killed_node_leave_every_point_published_once(project, cluster):
-    root, remote, _, env = project
-    nodes, _ = cluster
-    head = run(["git", "rev-parse", "HEAD"], root, env).stdout.strip()
-    command = sweep_command(remote, *GRID)
-    # the driver SIGKILLed once two points are published: the rest of its tasks die with it
-    driver = subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True)
-    deadline = time.monotonic() + 300
-    while len(published(remote, root, env)) < 2:
-        assert driver.poll() is None and time.monotonic() < deadline, driver.stdout.read()
-        time.sleep(1)
-    driver.send_signal(signal.SIGKILL)
-    driver.wait()
-    time.sleep(5)  # the tasks of a dead driver are killed with their processes: nothing publishes late
-    before = published(remote, root, env)
-    assert 2 <= len(before) < 8
-
-    # run again; kill the worker node while it runs a point: Ray runs that point again on the head
-    again = subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    worker = nodes.list_all_nodes()[1]
-    raylet = psutil.Process(worker.all_processes["raylet"][0].process.pid)
-    deadline = time.monotonic() + 300
-    while not dvc_runs_on(raylet):
-        assert again.poll() is None and time.monotonic() < deadline
-        time.sleep(0.5)
-    cluster_addresses = listening_addresses(psutil.Process())  # the nodes run below this process
-    nodes.remove_node(worker)
-    nodes.add_node(num_cpus=1)  # a node joins instead: two points at once again
-    output, _ = again.communicate(timeout=600)
-    assert again.returncode == 0, output
-    assert cluster_addresses and cluster_addresses <= LOOPBACK_ADDRESSES, cluster_addresses
-    assert f"8 points: {len(before)} already done for this code, {8 - len(before)} to run" in output, output
-    assert sorted(trained(output) + before) == published(remote, root, env), output  # only the missing ones ran
-    names = [name for name, _ in experiments(root, env)]
-    assert len(names) == len(set(names)) == 8, names  # every point in the user's repo, none twice
-    assert {baseline for _, baseline in experiments(root, env)} == {head}
-
-    with open(root / "plots" / "frontier.csv") as fh:
-        means = {(row["kind"], row["line"].split(",")[0], row["target_sparsity"]): row for row in csv.DictReader(fh)}
-    for method in ("magnitude (layer)", "random (layer)"):
-        for target in ("0.5", "0.8"):
-            row = means[("pruned", method, target)]
-            assert row["n"] == "2" and row["seeds"] == "0 1" and row["accuracy_std"] != ""
-            assert 0 < float(row["accuracy_mean"]) <= 1
-    with open(root / "plots" / "frontier_runs.csv") as fh:
-        rows = list(csv.DictReader(fh))
-    assert {row["commit"] for row in rows} == {head[:12]}
-    accuracies = {row["experiment"]: float(row["accuracy"]) for row in rows if row["kind"] == "pruned"}
-    for name in ("frontier_runs.csv", "frontier.md"):  # the project's record stands beside the user's tables
-        assert (root / "results" / "frontier" / name).read_bytes() == (REPO / "results" / "frontier" / name).read_bytes()
-    magnitude = [accuracies[f"sweep-magnitude-05-seed{seed}"] for seed in (0, 1)]
-    assert float(means[("pruned", "magnitude (layer)", "0.5")]["accuracy_mean"]) == pytest.approx(sum(magnitude) / 2)
-
-
-def commit_change(root: Path, env: dict, path: str, text: str) -> str:
-    with open(root / path, "a") as fh:
-        fh.write(text)
-    run(["git", "commit", "-qam", f"change {path}"], root, env)
-    run(["git", "push", "-q", "origin", "HEAD:refs/heads/main"], root, env)
-    return run(["git", "rev-parse", "HEAD"], root, env).stdout.strip()
+def dvc_runs_below(process: psutil.Process) -> list[psutil.Process]:
+    """The ``dvc exp run`` processes below ``process``."""
+    return [p for p in process.children(recursive=True) if "exp" in p.cmdline() and "run" in p.cmdline()]
 
 
 def listening_addresses(root_process: psutil.Process) -> set[str]:
@@ -184,6 +124,78 @@ def listening_addresses(root_process: psutil.Process) -> set[str]:
     return addresses
 
 
+def recorded_outputs(root: Path, env: dict, rev: str) -> dict[str, str]:
+    """Every output's hash in the ``dvc.lock`` of commit ``rev`` but the timings and the page
+    that shows them."""
+    lock = yaml.safe_load(run(["git", "show", f"{rev}:dvc.lock"], root, env).stdout)
+    return {out["path"]: out["md5"] for stage in lock["stages"].values() for out in stage.get("outs") or []
+            if out["path"] not in ("metrics/speed.json", "plots/report.md")}
+
+
+def test_a_killed_driver_and_a_killed_node_leave_every_point_published_once(project, cluster):
+    root, remote, _, env = project
+    nodes, _ = cluster
+    head = run(["git", "rev-parse", "HEAD"], root, env).stdout.strip()
+    command = sweep_command(remote, *GRID)
+    # the driver SIGKILLed once two points are published: the rest of its tasks die with it
+    driver = subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True)
+    deadline = time.monotonic() + DEADLINE
+    while len(published(remote, root, env)) < 2:
+        assert driver.poll() is None and time.monotonic() < deadline, driver.stdout.read()
+        time.sleep(1)
+    driver.send_signal(signal.SIGKILL)
+    first_output = driver.communicate()[0]
+    time.sleep(5)  # the tasks of a dead driver are killed with their processes: nothing publishes late
+    before = published(remote, root, env)
+    assert 2 <= len(before) < 8 and set(reported(first_output)) <= set(before)
+
+    # run again; kill the worker node while it runs a point: Ray runs that point again elsewhere
+    again = subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    worker = nodes.list_all_nodes()[1]
+    raylet = psutil.Process(worker.all_processes["raylet"][0].process.pid)
+    deadline = time.monotonic() + DEADLINE
+    while not dvc_runs_below(raylet):
+        assert again.poll() is None and time.monotonic() < deadline
+        time.sleep(0.5)
+    cluster_addresses = listening_addresses(psutil.Process())  # the nodes and the driver run below this process
+    nodes.remove_node(worker)
+    nodes.add_node(num_cpus=1, node_ip_address="127.0.0.1")  # a node joins instead: two points at once again
+    output, _ = again.communicate(timeout=DEADLINE)
+    assert again.returncode == 0, output
+    assert cluster_addresses and cluster_addresses <= LOOPBACK_ADDRESSES, cluster_addresses
+    assert f"8 points: {len(before)} already done for this code, {8 - len(before)} to run" in output, output
+    # the re-run ran only the points not yet published; over both runs each point was reported once
+    assert set(reported(output)) == set(POINTS) - set(before), output
+    assert Counter(reported(first_output) + reported(output)) == Counter(set(reported(first_output)) | set(POINTS))
+    assert published(remote, root, env) == POINTS
+    experiments = shown(root, env)
+    assert [e["name"] for e in experiments] == POINTS and {e["baseline"] for e in experiments} == {head}
+
+    with open(root / "plots" / "frontier.csv") as fh:
+        means = {(row["kind"], row["line"].split(",")[0], row["target_sparsity"]): row for row in csv.DictReader(fh)}
+    accuracy = {e["name"]: e["accuracy"] for e in experiments}  # DVC's record, not the tables
+    for method in ("magnitude", "random"):
+        for target in ("0.5", "0.8"):
+            row = means[("pruned", f"{method} (layer)", target)]
+            runs = [accuracy[f"sweep-{method}-{target}-seed{seed}"] for seed in (0, 1)]
+            assert row["n"] == "2" and row["seeds"] == "0 1"
+            assert float(row["accuracy_mean"]) == pytest.approx(sum(runs) / 2)
+            assert float(row["accuracy_std"]) == pytest.approx(abs(runs[0] - runs[1]) / 2 ** 0.5)
+    with open(root / "plots" / "frontier_runs.csv") as fh:
+        assert {row["commit"] for row in csv.DictReader(fh)} == {head[:12]}
+    for name in ("frontier_runs.csv", "frontier.md"):  # the project's record stands beside the user's tables
+        assert (root / "results" / "frontier" / name).read_bytes() == (REPO / "results" / "frontier" / name).read_bytes()
+
+
+def commit_change(root: Path, env: dict, path: str, text: str) -> str:
+    with open(root / path, "a") as fh:
+        fh.write(text)
+    run(["git", "commit", "-qam", f"change {path}"], root, env)
+    run(["git", "push", "-q", "origin", "HEAD:refs/heads/main"], root, env)
+    return run(["git", "rev-parse", "HEAD"], root, env).stdout.strip()
+
+
 def test_a_change_to_the_plots_reruns_nothing_and_one_to_training_every_point(project):
     root, remote, _, env = project
     commit_change(root, env, "sparsenet/plots.py", "\n# the figures' code only\n")
@@ -191,48 +203,49 @@ def test_a_change_to_the_plots_reruns_nothing_and_one_to_training_every_point(pr
     assert "8 points: 8 already done for this code, 0 to run" in again.stdout, again.stdout
     assert "8 experiments, " in again.stdout  # the tables still show them: the same code made them
 
-    first = {name: recorded_outputs(root, env, rev) for name, _, rev in experiments(root, env, shas=True)}
+    first = {e["name"]: recorded_outputs(root, env, e["rev"]) for e in shown(root, env)}
     head = commit_change(root, env, "sparsenet/training.py", "\n# a module every training stage imports\n")
     # on a local instance this time: this repo as the git remote, its DVC cache shared
-    local = {key: value for key, value in env.items() if key != "RAY_ADDRESS" and key not in LOOPBACK}
-    command = [sys.executable, "-m", "sparsenet.frontier", "sweep", "--methods", "magnitude", "--sparsities", "0.5",
-               "--seeds", "0", "1"]
-    driver = subprocess.Popen(command, cwd=root, env=local, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True)
+    local = {key: value for key, value in env.items() if key != "RAY_ADDRESS"}
+    driver = subprocess.Popen(sweep_command(None, *GRID), cwd=root, env=local, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
     tree = psutil.Process(driver.pid)
-    deadline = time.monotonic() + 120
-    while not [p for p in tree.children(recursive=True) if "exp" in p.cmdline() and "run" in p.cmdline()]:
+    deadline = time.monotonic() + DEADLINE
+    while not dvc_runs_below(tree):
         assert driver.poll() is None and time.monotonic() < deadline, driver.stdout.read()
         time.sleep(0.5)
     addresses = listening_addresses(tree)
-    output, _ = driver.communicate(timeout=600)
+    output, _ = driver.communicate(timeout=DEADLINE)
     assert driver.returncode == 0, output
-    assert addresses and addresses <= LOOPBACK_ADDRESSES, addresses  # Ray on loopback only
-    assert "2 points: 0 already done for this code, 2 to run" in output, output
-    assert trained(output) == ["sweep-magnitude-05-seed0", "sweep-magnitude-05-seed1"]
+    assert addresses and addresses <= LOOPBACK_ADDRESSES, addresses  # the local instance on loopback only
+    assert "8 points: 0 already done for this code, 8 to run" in output, output
+    assert trained(output) == POINTS
     with open(root / "plots" / "frontier_runs.csv") as fh:
         rows = list(csv.DictReader(fh))
-    assert {row["commit"] for row in rows} == {head[:12]}  # only this code's: the two points just run
-    assert sorted({row["experiment"] for row in rows}) == ["sweep-magnitude-05-seed0", "sweep-magnitude-05-seed1"]
+    assert {row["commit"] for row in rows} == {head[:12]}  # only this code's runs
+    assert sorted({row["experiment"] for row in rows}) == POINTS
     everything = run([sys.executable, "-m", "sparsenet.frontier", "plot", "--all-commits", "--out", "all"], root, env)
-    assert "10 experiments, " in everything.stdout, everything.stdout
+    assert "16 experiments, " in everything.stdout, everything.stdout
     # determinism: retrained in other clones by other processes, the same params and seed gave the
-    # same bytes (every checkpoint, log and metrics/evaluate.json) as on the cluster before
-    again = {name: recorded_outputs(root, env, rev) for name, baseline, rev in experiments(root, env, shas=True)
-             if baseline == head}
-    assert sorted(again) == ["sweep-magnitude-05-seed0", "sweep-magnitude-05-seed1"]
+    # same bytes — every checkpoint, log and metrics/evaluate.json — as on the cluster before
+    again = {e["name"]: recorded_outputs(root, env, e["rev"]) for e in shown(root, env) if e["baseline"] == head}
+    assert sorted(again) == POINTS
     for name, hashes in again.items():
         assert hashes == first[name] and "models/sparse.pt" in hashes and "metrics/evaluate.json" in hashes
 
 
-def test_a_bad_value_fails_each_point_in_one_line_and_the_others_stand(project):
+def test_a_bad_value_fails_its_points_in_one_line_each_and_the_others_go_on(project):
     root, remote, _, env = project
-    before = experiments(root, env)
-    bad = run(sweep_command(remote, "--methods", "magnitude", "--sparsities", "0.5", "--seeds", "0", "1",
-                            "--set", "prune.sparsity=2"), root, env, check=False)
-    output = bad.stdout + bad.stderr
+    before = {e["name"] for e in shown(root, env)}
+    sweep = run(sweep_command(remote, "--methods", "magnitude", "--sparsities", "0.65", "2", "--seeds", "0", "1"),
+                root, env, check=False)
+    output = sweep.stdout + sweep.stderr
     errors = [line for line in output.splitlines() if line.startswith("failed: ")]
-    assert bad.returncode == 2 and len(errors) == 2, output  # exit status: how many failed
-    assert all("prune.sparsity" in line for line in errors), errors
+    assert sweep.returncode == 100 + 2, output  # 100 + the points that failed
+    assert sorted(line.split(":")[1].strip() for line in errors) == ["sweep-magnitude-2-seed0", "sweep-magnitude-2-seed1"]
+    assert all("prune.sparsity = 2.0 is not allowed" in line for line in errors), errors
     assert "Traceback" not in output
-    assert experiments(root, env) == before
+    assert trained(output) == ["sweep-magnitude-0.65-seed0", "sweep-magnitude-0.65-seed1"], output
+    assert {e["name"] for e in shown(root, env)} == before | {"sweep-magnitude-0.65-seed0", "sweep-magnitude-0.65-seed1"}
+    log = (root / ".sparsenet" / "sweep" / "sweep-magnitude-2-seed0.log").read_text()
+    assert "prune.sparsity = 2.0 is not allowed" in log

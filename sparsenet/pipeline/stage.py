@@ -11,6 +11,7 @@ from typing import Callable
 
 from sparsenet.config import Config, load_config
 from sparsenet.errors import one_line_errors
+from sparsenet.lifetime import ENV, die_with_parent
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,8 @@ def run_stage(step: Step, params: str | Path = "params.yaml") -> None:
     bad value again.
     """
     keep_freed_memory()
+    if os.environ.get(ENV):  # a sweep point's stage: it ends with the `dvc exp run` that started it
+        die_with_parent()
     try:
         with one_line_errors():
             step(load_config(params), Paths())

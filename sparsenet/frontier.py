@@ -51,7 +51,8 @@ VARIANT_KEYS = ("rewind", "epochs", "finetune_epochs", "lr", "lr_schedule", "rou
 # Of those, the ones the control and the small model depend on (they do not prune).
 CONTROL_KEYS = ("epochs", "finetune_epochs", "lr", "lr_schedule")
 SMALL_KEYS = ("epochs", "finetune_epochs")
-EXIT_POINTS_FAILED = 100  # a sweep whose n points failed exits 100 + n (n up to 100); a refused command exits 2
+EXIT_POINTS_FAILED = 100  # a sweep whose n points failed exits 100 + n, n up to 25 (125: 25 or more)
+MAX_FAILED_STATUS = 25  # below 126..128 (the shell's) and 130 (interrupted); a refused command exits 2
 EXIT_INTERRUPTED = 130
 
 
@@ -333,8 +334,10 @@ def _sweep(args: argparse.Namespace) -> int:
     if git("status", "--porcelain", "--untracked-files=no", cwd=root).stdout.strip():
         print(f"notice: the sweep runs commit {code.head[:12]}; uncommitted changes are not part of it "
               "(git status)", file=sys.stderr)
-    remote = args.git_remote or str(root)
+    remote = _git_remote(root, args.git_remote, args.address)
     elsewhere = not (os.path.isdir(remote) and os.path.samefile(remote, root))
+    if elsewhere:
+        _check_pushed(root, remote, code.head)
     if elsewhere:  # what every machine published there counts as done
         _pull(root, remote)
     points, seen = [], set()
@@ -356,7 +359,9 @@ def _sweep(args: argparse.Namespace) -> int:
         if not local and not cache_dir and not dvc_remote:
             print("notice: no --cache-dir shared by the nodes and no DVC remote: the experiments' models stay "
                   "out of reach (their metrics are published with them)", file=sys.stderr)
-        source = sweep.Source(remote, code.head, cache_dir, dvc_remote)
+        # locally the clones sit beside the cache, so their outputs are hard links into it
+        scratch = str(root / ".sparsenet" / "points") if local else None
+        source = sweep.Source(remote, code.head, cache_dir, dvc_remote, scratch)
         outcomes = sweep.run([point for point in todo], source, args.threads, args.address, args.jobs)
         failed = [outcome for outcome in outcomes if outcome.error]
         for outcome in failed:
@@ -374,10 +379,38 @@ def _sweep(args: argparse.Namespace) -> int:
     return len(failed)
 
 
+def _git_remote(root: Path, given: str | None, address: str | None) -> str:
+    """The git remote the points clone from: ``given`` (a URL, a path, or the name of one of
+    the repo's remotes), else this repo, which only a cluster on this machine can reach."""
+    if given is None:
+        if address is not None and address.rpartition(":")[0] not in ("127.0.0.1", "localhost", "[::1]"):
+            raise SparseNetError(f"--address {address}: the other machines cannot clone this folder; pass "
+                                 "--git-remote URL, a git remote every node reaches (push HEAD there first)")
+        return str(root)
+    names = git("remote", cwd=root).stdout.split()
+    return git("remote", "get-url", "--", given, cwd=root).stdout.strip() if given in names else given
+
+
+def _check_pushed(root: Path, remote: str, commit: str) -> None:
+    """Stop before any point runs when ``commit`` is not on the git remote ``remote``."""
+    try:
+        heads = {line.split()[0] for line in git("ls-remote", "--", remote, cwd=root).stdout.splitlines()}
+    except SparseNetError as exc:
+        raise SparseNetError(f"--git-remote {remote}: cannot list it ({exc})") from None
+    for sha in heads:
+        known = git("cat-file", "-e", f"{sha}^{{commit}}", cwd=root, check=False).returncode == 0
+        if sha == commit or not known or git("merge-base", "--is-ancestor", commit, sha, cwd=root,
+                                             check=False).returncode == 0:
+            return  # there, or on a branch this repo has not fetched (then a point's clone tells)
+    raise SparseNetError(f"--git-remote {remote}: commit {commit[:12]} is not there; push it first "
+                         f"(git push {remote} HEAD)")
+
+
 def _pull(root: Path, remote: str) -> None:
     """Fetch every experiment published to the git remote ``remote`` (their refs: metrics and
-    params; outputs stay in the DVC remote until ``dvc exp apply`` + ``dvc pull``)."""
-    dvc("exp", "pull", "--no-cache", "--force", "--all-commits", remote, cwd=root)
+    params; outputs stay in the DVC remote until ``dvc exp apply`` + ``dvc pull``).  A local
+    experiment of the same name but other content is kept: DVC stops with its name."""
+    dvc("exp", "pull", "--no-cache", "--all-commits", remote, cwd=root)
 
 
 def _remote_for_clones(root: Path, remote: str | None) -> str | None:
@@ -476,7 +509,7 @@ def main(argv: list[str] | None = None) -> None:
             print("interrupted: the points published so far stand; the same command runs the rest", file=sys.stderr)
             raise SystemExit(EXIT_INTERRUPTED) from None
     if failed:
-        raise SystemExit(EXIT_POINTS_FAILED + min(failed, 100))
+        raise SystemExit(EXIT_POINTS_FAILED + min(failed, MAX_FAILED_STATUS))
 
 
 if __name__ == "__main__":

@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from sparsenet.errors import SparseNetError
 from sparsenet.experiments import dvc_env, experiment_refs
@@ -48,6 +50,11 @@ class Point:
     sets: tuple[str, ...]
 
 
+class PointInterrupted(RuntimeError):
+    """``dvc exp run`` of a point died of a signal (the OOM killer, a SIGKILL): not the point's
+    own fault, so Ray runs the task again."""
+
+
 @dataclass(frozen=True)
 class Source:
     """Where a task gets the project and publishes its result.
@@ -56,12 +63,15 @@ class Source:
     ``cache_dir``: a DVC cache every task shares (this machine's, or a folder every node mounts);
     ``dvc_remote``: the name of a DVC remote configured in the project, or a URL, to pull inputs
     from and push outputs and run cache to.  Either, both or neither.
+    ``scratch_dir``: where the clones go (default: the temporary folder); on the cache's file
+    system the clones' outputs are hard links, not copies.
     """
 
     git_remote: str
     commit: str
     cache_dir: str | None = None
     dvc_remote: str | None = None
+    scratch_dir: str | None = None
 
 
 @dataclass(frozen=True)
@@ -96,6 +106,26 @@ def _error_line(result: subprocess.CompletedProcess) -> str:
     return (ours or lines or [f"exit status {result.returncode}"])[-1]
 
 
+@contextmanager
+def _exit_statuses() -> Iterator[None]:
+    """Children's exit statuses, in a Ray worker too.
+
+    Ray's workers ignore SIGCHLD (the kernel reaps their children at once), so ``waitpid`` finds
+    no child and Python reports every subprocess's exit status as 0 — a SIGKILLed ``dvc exp
+    run`` included.  The default disposition is back while a point runs (its children are all
+    waited for), Ray's afterwards.
+    """
+    try:
+        previous = signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    except (ValueError, AttributeError):  # not the main thread, or no SIGCHLD (Windows)
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGCHLD, previous)
+
+
 def is_url(remote: str) -> bool:
     """Whether a DVC remote is given by its URL or path rather than by the name of one configured."""
     return "/" in remote or ":" in remote or remote.startswith(".")
@@ -105,12 +135,20 @@ def run_point(point: Point, source: Source, threads: int = 1) -> Outcome:
     """Run one point in a clean clone and publish it; the body of the sweep's Ray task.
 
     A point already published to the git remote at this commit (a run of this task that died
-    after pushing) is not run again.
+    after pushing) is not run again: its outputs went to the DVC remote before its ref did.
+    Raises :class:`PointInterrupted` when ``dvc exp run`` is killed by a signal.
     """
+    with _exit_statuses():
+        return _run_point(point, source, threads)
+
+
+def _run_point(point: Point, source: Source, threads: int) -> Outcome:
     start = time.monotonic()
     env = _python_env(threads)
     dvc = [sys.executable, "-m", "dvc"]
-    with tempfile.TemporaryDirectory(prefix="sparsenet-point-") as tmp:
+    if source.scratch_dir:
+        os.makedirs(source.scratch_dir, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="sparsenet-point-", dir=source.scratch_dir) as tmp:
         clone = Path(tmp) / "project"
         steps = [(f"cloning {source.git_remote}", ["git", "clone", "--quiet", "--no-checkout", source.git_remote,
                                                     str(clone)]),
@@ -137,18 +175,25 @@ def run_point(point: Point, source: Source, threads: int = 1) -> Outcome:
         # dvc and its stages end if this worker does (-I: the wrapper of this install, not of the clone)
         tied = [sys.executable, "-I", "-m", "sparsenet.lifetime"]
         result = _run(tied + dvc + ["exp", "run", "--name", point.name, *pull, *sets], clone, dict(env, **{ENV: "1"}))
-        # Told by what exists, not by exit codes alone: `dvc exp run --pull` can exit 0 after a stage
-        # failed, `dvc exp push` exit 0 without pushing (DVC 3.67).
+        if result.returncode < 0:
+            raise PointInterrupted(f"{point.name}: dvc exp run killed by signal {-result.returncode}")
+        # Told by what exists as well as by the exit status.
         if result.returncode != 0 or point.name not in _names(None, source.commit, clone):
             return Outcome(point.name, _error_line(result), seconds=time.monotonic() - start,
                            log=(result.stdout + result.stderr)[-4000:])
         metrics = json.loads((clone / "metrics" / "evaluate.json").read_text())
-        push = dvc + ["exp", "push", "--force", source.git_remote, point.name]
-        push += ["--run-cache"] if source.dvc_remote else ["--no-cache"]
-        result = _run(push, clone, env)
-        if result.returncode != 0 or point.name not in _names(source.git_remote, source.commit, clone):
-            return Outcome(point.name, f"dvc exp push: {_error_line(result)}", seconds=time.monotonic() - start,
-                           log=(result.stdout + result.stderr)[-4000:])
+        # The outputs first, the ref last: a point whose ref is on the git remote has its outputs
+        # in the DVC remote too, even if this task dies in between (a retry then runs it again).
+        pushes = [("dvc push", dvc + ["push", "--run-cache"])] if source.dvc_remote else []
+        pushes.append(("dvc exp push", dvc + ["exp", "push", "--force", "--no-cache", source.git_remote, point.name]))
+        for what, push in pushes:
+            result = _run(push, clone, env)
+            if result.returncode != 0:
+                return Outcome(point.name, f"{what}: {_error_line(result)}", seconds=time.monotonic() - start,
+                               log=(result.stdout + result.stderr)[-4000:])
+        if point.name not in _names(source.git_remote, source.commit, clone):
+            return Outcome(point.name, "dvc exp push: the experiment is not on the git remote after the push",
+                           seconds=time.monotonic() - start, log=(result.stdout + result.stderr)[-4000:])
         return Outcome(point.name, accuracy=metrics["sparse"]["accuracy"], seconds=time.monotonic() - start)
 
 
@@ -172,6 +217,15 @@ def start_ray(address: str | None, cpus: int) -> None:
     if address is None:
         ray.init(address="local", num_cpus=cpus, include_dashboard=False, logging_level="warning",
                  log_to_driver=False)  # "local": a new instance, never one `ray start` left running
+        # The settings above take effect only if Ray was not imported before (a notebook, a caller
+        # that imported it): a local instance on the machine's own IP is remote code execution
+        # for whoever reaches it, so check what Ray took.
+        addresses = {node["NodeManagerAddress"] for node in ray.nodes()}
+        if addresses != {"127.0.0.1"}:
+            ray.shutdown()
+            raise SparseNetError(f"the local Ray instance listens on {', '.join(sorted(addresses))}, not 127.0.0.1 "
+                                 f"only: Ray was imported before the sweep set {LOOPBACK}=0; run the sweep in a "
+                                 "fresh process")
     else:
         try:
             ray.init(address=address, logging_level="warning", log_to_driver=False)
@@ -195,7 +249,7 @@ def run(points: Iterable[Point], source: Source, threads: int, address: str | No
     start_ray(address, cpus)  # first: the local instance's settings must be in place before Ray is imported
     import ray
 
-    task = ray.remote(num_cpus=threads, max_retries=RETRIES, retry_exceptions=False)(run_point)
+    task = ray.remote(num_cpus=threads, max_retries=RETRIES, retry_exceptions=[PointInterrupted])(run_point)
     pending = {task.remote(point, source, threads): point for point in points}
     outcomes = []
     try:  # the bar where someone watches; in a log, just a line per point
@@ -206,7 +260,7 @@ def run(points: Iterable[Point], source: Source, threads: int, address: str | No
                 point = pending.pop(ref)
                 try:
                     outcome = ray.get(ref)
-                except ray.exceptions.RayTaskError as exc:  # the task's own code raised: not retried
+                except ray.exceptions.RayTaskError as exc:  # the task's own code raised (retried if interrupted)
                     cause = exc.cause if isinstance(exc.cause, BaseException) else exc
                     outcome = Outcome(point.name, f"{type(cause).__name__}: {' '.join(str(cause).split())[:300]}",
                                       log=str(exc))

@@ -74,7 +74,7 @@ def project(tmp_path_factory, cluster):
     return root, remote, store, env
 
 
-def sweep_command(remote: Path | None, *args: str) -> list[str]:
+def sweep_command(remote: Path | str | None, *args: str) -> list[str]:
     where = ["--git-remote", str(remote)] if remote else []
     return [sys.executable, "-m", "sparsenet.frontier", "sweep", *where, *args]
 
@@ -149,16 +149,23 @@ def test_a_killed_driver_and_a_killed_node_leave_every_point_published_once(proj
     before = published(remote, root, env)
     assert 2 <= len(before) < 8 and set(reported(first_output)) <= set(before)
 
-    # run again; kill the worker node while it runs a point: Ray runs that point again elsewhere
+    # run again; SIGKILL one `dvc exp run`, then the worker node (SIGKILL too) while it runs a
+    # point: Ray runs both points again, the second on another node
     again = subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + DEADLINE
+    while not (runs := dvc_runs_below(psutil.Process())):
+        assert again.poll() is None and time.monotonic() < deadline
+        time.sleep(0.5)
+    cmdline = runs[0].cmdline()
+    interrupted = cmdline[cmdline.index("--name") + 1]
+    runs[0].kill()
     worker = nodes.list_all_nodes()[1]
     raylet = psutil.Process(worker.all_processes["raylet"][0].process.pid)
-    deadline = time.monotonic() + DEADLINE
     while not dvc_runs_below(raylet):
         assert again.poll() is None and time.monotonic() < deadline
         time.sleep(0.5)
     cluster_addresses = listening_addresses(psutil.Process())  # the nodes and the driver run below this process
-    nodes.remove_node(worker)
+    nodes.remove_node(worker, allow_graceful=False)
     nodes.add_node(num_cpus=1, node_ip_address="127.0.0.1")  # a node joins instead: two points at once again
     output, _ = again.communicate(timeout=DEADLINE)
     assert again.returncode == 0, output
@@ -187,6 +194,14 @@ def test_a_killed_driver_and_a_killed_node_leave_every_point_published_once(proj
     for name in ("frontier_runs.csv", "frontier.md"):  # the project's record stands beside the user's tables
         assert (root / "results" / "frontier" / name).read_bytes() == (REPO / "results" / "frontier" / name).read_bytes()
 
+    # the interrupted point's outputs reached the DVC remote: a new clone of the git remote gets them
+    clone = root.parent / "reader"
+    run(["git", "clone", "-q", "-b", "main", str(remote), str(clone)], root.parent, env)
+    run(dvc("exp", "pull", "origin", interrupted), clone, env)  # its ref, and its outputs from the DVC remote
+    run(dvc("exp", "apply", interrupted), clone, env)  # fails for any output missing from the cache
+    assert json.loads((clone / "metrics" / "evaluate.json").read_text())["sparse"]["accuracy"] == accuracy[interrupted]
+    assert (clone / "models" / "sparse.pt").stat().st_size > 0
+
 
 def commit_change(root: Path, env: dict, path: str, text: str) -> str:
     with open(root / path, "a") as fh:
@@ -199,15 +214,16 @@ def commit_change(root: Path, env: dict, path: str, text: str) -> str:
 def test_a_change_to_the_plots_reruns_nothing_and_one_to_training_every_point(project):
     root, remote, _, env = project
     commit_change(root, env, "sparsenet/plots.py", "\n# the figures' code only\n")
-    again = run(sweep_command(remote, *GRID), root, env)
+    again = run(sweep_command("origin", *GRID), root, env)  # the git remote by its name this time
     assert "8 points: 8 already done for this code, 0 to run" in again.stdout, again.stdout
     assert "8 experiments, " in again.stdout  # the tables still show them: the same code made them
 
     first = {e["name"]: recorded_outputs(root, env, e["rev"]) for e in shown(root, env)}
     head = commit_change(root, env, "sparsenet/training.py", "\n# a module every training stage imports\n")
-    # on a local instance this time: this repo as the git remote, its DVC cache shared
+    # on a local instance this time: this repo as the git remote, its DVC cache shared; seed 0 only
     local = {key: value for key, value in env.items() if key != "RAY_ADDRESS"}
-    driver = subprocess.Popen(sweep_command(None, *GRID), cwd=root, env=local, stdout=subprocess.PIPE,
+    seed0 = [point for point in POINTS if point.endswith("-seed0")]
+    driver = subprocess.Popen(sweep_command(None, *GRID[:-1]), cwd=root, env=local, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)
     tree = psutil.Process(driver.pid)
     deadline = time.monotonic() + DEADLINE
@@ -218,18 +234,18 @@ def test_a_change_to_the_plots_reruns_nothing_and_one_to_training_every_point(pr
     output, _ = driver.communicate(timeout=DEADLINE)
     assert driver.returncode == 0, output
     assert addresses and addresses <= LOOPBACK_ADDRESSES, addresses  # the local instance on loopback only
-    assert "8 points: 0 already done for this code, 8 to run" in output, output
-    assert trained(output) == POINTS
+    assert "4 points: 0 already done for this code, 4 to run" in output, output
+    assert trained(output) == seed0
     with open(root / "plots" / "frontier_runs.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert {row["commit"] for row in rows} == {head[:12]}  # only this code's runs
-    assert sorted({row["experiment"] for row in rows}) == POINTS
+    assert sorted({row["experiment"] for row in rows}) == seed0
     everything = run([sys.executable, "-m", "sparsenet.frontier", "plot", "--all-commits", "--out", "all"], root, env)
-    assert "16 experiments, " in everything.stdout, everything.stdout
+    assert "12 experiments, " in everything.stdout, everything.stdout
     # determinism: retrained in other clones by other processes, the same params and seed gave the
     # same bytes — every checkpoint, log and metrics/evaluate.json — as on the cluster before
     again = {e["name"]: recorded_outputs(root, env, e["rev"]) for e in shown(root, env) if e["baseline"] == head}
-    assert sorted(again) == POINTS
+    assert sorted(again) == seed0
     for name, hashes in again.items():
         assert hashes == first[name] and "models/sparse.pt" in hashes and "metrics/evaluate.json" in hashes
 
@@ -249,3 +265,18 @@ def test_a_bad_value_fails_its_points_in_one_line_each_and_the_others_go_on(proj
     assert {e["name"] for e in shown(root, env)} == before | {"sweep-magnitude-0.65-seed0", "sweep-magnitude-0.65-seed1"}
     log = (root / ".sparsenet" / "sweep" / "sweep-magnitude-2-seed0.log").read_text()
     assert "prune.sparsity = 2.0 is not allowed" in log
+
+
+def test_a_commit_the_nodes_cannot_get_is_refused_before_any_point_runs(project):
+    root, remote, _, env = project
+    run(["git", "commit", "-q", "--allow-empty", "-m", "local only"], root, env)  # not pushed
+    local_only = run(["git", "rev-parse", "HEAD"], root, env).stdout.strip()
+    for command, expected in (
+            (sweep_command(remote, *GRID), f"error: --git-remote {remote}: commit {local_only[:12]} is not there; "
+                                           f"push it first (git push {remote} HEAD)"),
+            ([*sweep_command(None, *GRID), "--address", "10.0.0.1:6379"],
+             "error: --address 10.0.0.1:6379: the other machines cannot clone this folder; pass --git-remote URL")):
+        refused = run(command, root, env, check=False)
+        assert refused.returncode == 2, refused.stdout + refused.stderr
+        assert refused.stderr.strip().splitlines()[-1].startswith(expected), refused.stderr
+        assert "Traceback" not in refused.stderr and "points done" not in refused.stdout

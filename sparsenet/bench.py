@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -32,7 +33,9 @@ from sparsenet.analysis import model_cost
 from sparsenet.checkpoints import load_model
 from sparsenet.compact import compact
 from sparsenet.errors import SparseNetError, one_line_errors
-from sparsenet.data import BatchLoader, Split, load_prepared, make_synthetic
+from sparsenet.data import BatchLoader, Split
+from sparsenet.prepared import load_prepared
+from sparsenet.sources import make_synthetic
 from sparsenet.io import write_json
 from sparsenet.models import LeNet, SparseNet, default_device, enforce_masks_after_steps
 from sparsenet.options import LAYER_NAMES
@@ -221,7 +224,7 @@ def run(images: int, batch_size: int, repeats: int, prepared: Path | None, model
     else:
         dataset = make_synthetic(images, 10, 10, 64, seed=0)
         source, mean, std = "synthetic", 0.5, 0.25
-    split = Split(dataset.train.images[:images], dataset.train.labels[:images])
+    split = Split(torch.as_tensor(np.array(dataset.train.images[:images])), dataset.train.labels[:images])  # in memory
     size, classes = split.images.shape[-1], len(dataset.classes)
     loader = BatchLoader(split, batch_size, mean, std, device, shuffle=True)
     results: dict = {"machine": {"platform": platform.platform(), "processor": cpu_name(),

@@ -6,6 +6,7 @@
     sparsenet bench [--quick]                # benchmark ratios (python -m sparsenet.bench)
     sparsenet frontier sweep|plot            # accuracy-sparsity frontier, points as Ray tasks (python -m sparsenet.frontier)
     sparsenet bench-sweep threads|throughput # a sweep's threads per point; points per hour against DVC's queue
+    sparsenet bench-data decode|memory|epoch # prepare's images/s and peak memory; epochs from the memory map
     sparsenet sensitivity                    # each layer pruned alone: accuracy curves (plots/sensitivity.*)
 
 The step sub-commands run exactly what ``dvc repro`` runs (``stages/<step>.py`` call the same
@@ -27,6 +28,7 @@ from sparsenet.errors import SparseNetError, one_line_errors
 
 STEPS = ("prepare", "train_dense", "prune_train", "train_control", "train_small", "compress", "evaluate", "visualize")
 TOOLS = {"summary": "sparsenet.summary", "bench": "sparsenet.bench", "bench-sweep": "sparsenet.bench_sweep",
+         "bench-data": "sparsenet.bench_data",
          "frontier": "sparsenet.frontier", "sensitivity": "sparsenet.sensitivity_tool"}  # sub-command → module with its own main()
 
 

@@ -43,6 +43,7 @@ class DataConfig:
     test_dir: str = _default("data.test_dir")
     image_size: int = _default("data.image_size")
     fashion_mnist_dir: str = _default("data.fashion_mnist_dir")
+    workers: int = _default("data.workers")
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 

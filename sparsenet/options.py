@@ -32,6 +32,7 @@ DEFAULTS: dict = {
         "test_dir": "data/test",
         "image_size": 64,
         "fashion_mnist_dir": "/usr/share/datasets/fashion-mnist",
+        "workers": 0,
         "synthetic": {"train_size": 600, "test_size": 200, "classes": 4},
     },
     "train": {"epochs": 4, "batch_size": 128, "lr": 0.002, "lr_schedule": "cosine"},
@@ -60,6 +61,7 @@ DEFAULTS: dict = {
 INT_RANGES: dict[str, tuple[int, int]] = {
     "seed": (0, 2**32 - 1),  # NumPy's seed range
     "data.image_size": (16, 512),  # LeNet needs 16; at 512 fc1 alone has 30M weights
+    "data.workers": (0, 1024),  # processes decoding a folder; 0: one per core
     "data.synthetic.train_size": (1, 1_000_000),
     "data.synthetic.test_size": (1, 1_000_000),
     "data.synthetic.classes": (2, 1000),

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from sparsenet.checkpoints import load_model
 from sparsenet.config import config_from_dict, load_config
-from sparsenet.data import BatchLoader, load_meta, load_split
+from sparsenet.data import BatchLoader
+from sparsenet.prepared import load_meta, load_split
 from sparsenet.draws import draw_seed
 from sparsenet.errors import SparseNetError, one_line_errors
 from sparsenet.importance import taylor_scores, uses_taylor

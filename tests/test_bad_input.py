@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from sparsenet.config import config_from_dict
-from sparsenet.data import load_folder
+from sparsenet.sources import load_folder
 from sparsenet.errors import SparseNetError
 from sparsenet.pipeline.prepare import prepare
 from sparsenet.pipeline.stage import Paths

@@ -10,7 +10,9 @@ from sparsenet.checkpoints import (compressed_checkpoint, huffman_decode, huffma
                                    load_checkpoint, load_model, packed_checkpoint, same_tensors, save_checkpoint)
 from sparsenet.compress import kmeans_1d, shared_weights, tie_weights, untie_weights
 from sparsenet.config import ConfigError, config_from_dict
-from sparsenet.data import BatchLoader, make_synthetic, save_prepared
+from sparsenet.data import BatchLoader
+from sparsenet.prepared import save_prepared
+from sparsenet.sources import make_synthetic
 from sparsenet.errors import SparseNetError
 from sparsenet.models import SparseNet
 from sparsenet.pipeline.compress import compress

@@ -187,7 +187,8 @@ def test_repro_writes_checkpoints_logs_and_plots(project):
 
 def test_packed_and_compressed_checkpoints_decode_to_what_evaluate_records(project):
     from sparsenet.checkpoints import load_model, load_packed
-    from sparsenet.data import BatchLoader, load_meta, load_split
+    from sparsenet.data import BatchLoader
+    from sparsenet.prepared import load_meta, load_split
     from sparsenet.training import evaluate
 
     root = project[0]

@@ -18,7 +18,9 @@ import yaml
 
 from sparsenet.checkpoints import lenet_from_state_dict, load_checkpoint, unwrap
 from sparsenet.config import config_from_dict
-from sparsenet.data import BatchLoader, make_synthetic, save_prepared
+from sparsenet.data import BatchLoader
+from sparsenet.prepared import save_prepared
+from sparsenet.sources import make_synthetic
 from sparsenet.pipeline.stage import Paths
 from sparsenet.pipeline.training_stage import resume_args
 from sparsenet.models import LeNet

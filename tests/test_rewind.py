@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from sparsenet.config import ConfigError, config_from_dict
-from sparsenet.data import BatchLoader, make_synthetic, save_prepared
+from sparsenet.data import BatchLoader
+from sparsenet.prepared import save_prepared
+from sparsenet.sources import make_synthetic
 from sparsenet.errors import SparseNetError
 from sparsenet.checkpoints import load_checkpoint
 from sparsenet.models import LeNet, initial_state

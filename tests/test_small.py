@@ -8,7 +8,9 @@ import torch
 from sparsenet.analysis import model_cost
 from sparsenet.checkpoints import load_model
 from sparsenet.config import config_from_dict
-from sparsenet.data import BatchLoader, make_synthetic, save_prepared
+from sparsenet.data import BatchLoader
+from sparsenet.prepared import save_prepared
+from sparsenet.sources import make_synthetic
 from sparsenet.models import LeNet
 from sparsenet.pipeline.prune_train import prune_train
 from sparsenet.pipeline.stage import Paths

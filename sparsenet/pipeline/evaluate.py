@@ -7,7 +7,8 @@ import torch
 from sparsenet import analysis, engine
 from sparsenet.checkpoints import load_checkpoint, load_model, load_packed, same_tensors
 from sparsenet.config import Config
-from sparsenet.data import BatchLoader, load_meta, load_split
+from sparsenet.data import BatchLoader
+from sparsenet.prepared import load_meta, load_split
 from sparsenet.io import write_json
 from sparsenet.models import default_device
 from sparsenet.pipeline.stage import Paths

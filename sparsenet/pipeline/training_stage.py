@@ -17,7 +17,8 @@ from dvclive import Live
 
 from sparsenet import conv_block
 from sparsenet.config import Config
-from sparsenet.data import BatchLoader, Dataset, load_prepared
+from sparsenet.data import BatchLoader, Dataset
+from sparsenet.prepared import load_prepared
 from sparsenet.io import atomic_dir
 from sparsenet.models import default_device
 from sparsenet.pipeline.stage import Paths

@@ -17,6 +17,8 @@ import gzip
 import multiprocessing
 import os
 from collections import deque
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from functools import partial
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -264,7 +266,8 @@ def check_separate_folders(train_dir: str | Path, test_dir: str | Path) -> None:
 def in_order(task: Callable, chunks: Iterable, workers: int) -> Iterator:
     """``task(chunk)`` of every chunk, in the chunks' order: in this process (``workers`` 1) or
     in a pool of ``workers`` processes with at most two chunks per worker in flight, so memory
-    stays bounded however far decoding runs ahead of writing."""
+    stays bounded however far decoding runs ahead of writing.  A pool process that dies (the
+    out-of-memory killer) stops this with one line instead of waiting for it forever."""
     if workers <= 1:
         yield from map(task, chunks)
         return
@@ -273,14 +276,21 @@ def in_order(task: Callable, chunks: Iterable, workers: int) -> Iterator:
         context.set_forkserver_preload(["sparsenet.decode"])
     except ValueError:  # no forkserver on this platform
         context = multiprocessing.get_context("spawn")
-    with context.Pool(workers) as pool:
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
         window: deque = deque()
-        for chunk in chunks:
-            window.append(pool.apply_async(task, (chunk,)))
-            if len(window) >= 2 * workers:
-                yield window.popleft().get()
-        while window:
-            yield window.popleft().get()
+        try:
+            for chunk in chunks:
+                window.append(pool.submit(task, chunk))
+                if len(window) >= 2 * workers:
+                    yield window.popleft().result()
+            while window:
+                yield window.popleft().result()
+        except BrokenProcessPool:
+            raise SparseNetError(f"a decoding process died (killed for lack of memory?); lower data.workers "
+                                 f"(now {workers}) or data.image_size") from None
+        finally:
+            for future in window:
+                future.cancel()
 
 
 def folder_source(train_dir: str | Path, test_dir: str | Path, image_size: int, workers: int = 1,

@@ -228,3 +228,12 @@ def test_a_memory_mapped_split_is_read_only_and_batches_are_copies(tmp_path):
     assert len(batches) == 5
     for (a, la), (b, lb) in batches:
         assert torch.equal(a, b) and torch.equal(la, lb)
+
+
+def test_a_decoding_process_that_dies_stops_prepare_in_one_line():
+    """A pool process killed mid-chunk (as the out-of-memory killer would) is an error, not a wait forever."""
+    from sparsenet.sources import in_order
+
+    with pytest.raises(SparseNetError, match=r"a decoding process died \(killed for lack of memory\?\); lower "
+                                             r"data.workers \(now 2\) or data.image_size"):
+        list(in_order(os._exit, [3, 3, 3, 3, 3], 2))  # each task ends its process at once

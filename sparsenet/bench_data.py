@@ -76,15 +76,16 @@ def anonymous():
         except (OSError, StopIteration):
             pass
     return total
-def watch():
+def watch(interval):
     global peak
     while True:
         peak = max(peak, anonymous())
-        time.sleep(0.01)
+        time.sleep(interval)
 cfg = config_from_dict({"data": json.loads(sys.argv[1])})
-out = Path(sys.argv[2])
+out, interval = Path(sys.argv[2]), float(sys.argv[3])
 base = anonymous()
-threading.Thread(target=watch, daemon=True).start()
+if interval > 0:
+    threading.Thread(target=watch, args=(interval,), daemon=True).start()
 start = time.perf_counter()
 report = prepare(cfg, Paths(prepared=out))
 seconds = time.perf_counter() - start
@@ -95,16 +96,19 @@ print(json.dumps({"seconds": seconds, "images": report["train_images"] + report[
 """
 
 
-def run_prepare(data: dict, out: Path) -> dict:
+def run_prepare(data: dict, out: Path, sample_seconds: float = 0.01) -> dict:
     """``prepare`` of the ``data`` params in a fresh process: its seconds, its images, and the
-    anonymous memory (``RssAnon`` of the process tree, sampled every 10 ms) before and at peak."""
+    anonymous memory (``RssAnon`` of the process tree, sampled every ``sample_seconds``; 0: not
+    sampled, so a timing does not share the cores with the sampler) before and at peak."""
     import sparsenet
 
-    result = subprocess.run([sys.executable, "-c", PREPARE, json.dumps(data), str(out)], capture_output=True,
+    result = subprocess.run([sys.executable, "-c", PREPARE, json.dumps(data), str(out), str(sample_seconds)],
+                            capture_output=True,
                             text=True, env=dict(os.environ, TQDM_DISABLE="1"),
                             cwd=Path(sparsenet.__file__).resolve().parents[1])
     if result.returncode != 0:
-        raise SparseNetError(f"prepare of {data} failed: {(result.stderr.strip().splitlines() or ['?'])[-1]}")
+        lines = [line for line in result.stderr.splitlines() if line.startswith(("error:", "Traceback")) or "Error" in line]
+        raise SparseNetError(f"prepare of {data} failed: {(lines or result.stderr.strip().splitlines() or ['?'])[-1]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
@@ -145,7 +149,7 @@ def decode(work: Path, images: int, image_size: int, repeats: int) -> dict:
     rates: dict[str, list[float]] = {"prepare_1_worker": [], "prepare_2_workers": [], "imagefolder_2_workers": []}
     for _ in range(repeats):
         for workers in (1, 2):
-            result = run_prepare(_folder(folder, image_size, workers), work / "prepared")
+            result = run_prepare(_folder(folder, image_size, workers), work / "prepared", sample_seconds=0)
             rates[f"prepare_{workers}_worker{'s' if workers > 1 else ''}"].append(result["images"] / result["seconds"])
         result = run_imagefolder(folder, image_size)
         rates["imagefolder_2_workers"].append(result["images"] / result["seconds"])
@@ -164,7 +168,9 @@ def memory(work: Path, images: int, image_size: int) -> dict:
         results[str(count)] = run_prepare(_folder(folder, image_size, 2), work / "prepared")
     small, large = results[str(images // 4)], results[str(images)]
     return {"image_size": image_size, "workers": 2, "runs": results,
-            "peak_growth_4x_images": large["peak_anonymous_bytes"] / small["peak_anonymous_bytes"],
+            # what prepare added to the process it ran in (torch and the rest of the imports are the base)
+            "peak_growth_4x_images": ((large["peak_anonymous_bytes"] - large["base_anonymous_bytes"])
+                                      / (small["peak_anonymous_bytes"] - small["base_anonymous_bytes"])),
             "arrays_vs_peak": large["array_bytes"] / large["peak_anonymous_bytes"]}
 
 

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from PIL.JpegImagePlugin import JpegImageFile
 
 # The most one image may take while decoded (its full-size pixels plus a full-size mode
 # conversion where one is needed): 12,000 × 12,000 16-bit gray is 275 MiB and is skipped;
@@ -62,10 +64,14 @@ def bytes_per_pixel(mode: str) -> int:
 
 
 def working_set(size: tuple[int, int], mode: str) -> int:
-    """Bytes of an image of ``size`` and ``mode`` while it is decoded and, where needed, converted at full size."""
+    """Bytes of an image of ``size`` and ``mode`` while it is decoded and, where needed, converted
+    at full size: to a mode Pillow resamples, and, for transparency, to premultiplied alpha (the
+    copy Pillow's resize makes of an RGBA or LA image)."""
     pixels = size[0] * size[1]
-    converted = bytes_per_pixel(CONVERT_FIRST[mode]) if mode in CONVERT_FIRST else 0
-    return pixels * (bytes_per_pixel(mode) + converted)
+    converted = CONVERT_FIRST.get(mode, mode)
+    extra = bytes_per_pixel(converted) if converted != mode else 0
+    premultiplied = 4 if converted in ("RGBA", "LA") else 0
+    return pixels * (bytes_per_pixel(mode) + extra + premultiplied)
 
 
 def full_scale(img: Image.Image) -> float | None:
@@ -102,8 +108,7 @@ def decode_image(data: bytes, image_size: int, max_bytes: int = MAX_DECODED_BYTE
     """
     with Image.open(io.BytesIO(data)) as img:
         scale = full_scale(img)  # from the file's header and tags, before any copy drops them
-        orientation = img.getexif().get(EXIF_ORIENTATION)
-        if img.format == "JPEG":
+        if isinstance(img, JpegImageFile):  # JPEG and MPO (phone cameras)
             img.draft(img.mode, (image_size, image_size))  # decode at 1/2, 1/4 or 1/8 scale if still ≥ S
         need = working_set(img.size, img.mode)
         if need > max_bytes:
@@ -111,6 +116,7 @@ def decode_image(data: bytes, image_size: int, max_bytes: int = MAX_DECODED_BYTE
             raise ImageSkipped(f"{width}x{height} {img.mode} needs {need / 2**20:,.0f} MiB decoded, over the "
                                f"per-image limit of {max_bytes / 2**20:,.0f} MiB (sparsenet.decode.MAX_DECODED_BYTES)")
         img.load()
+        orientation = img.getexif().get(EXIF_ORIENTATION)  # after the check: for a PNG it decodes the pixels
         if img.mode in CONVERT_FIRST:
             img = img.convert(CONVERT_FIRST[img.mode])
         small = img.resize((image_size, image_size), Image.Resampling.BILINEAR)
@@ -145,6 +151,10 @@ def decode_files(paths: list[str], image_size: int, max_bytes: int = MAX_DECODED
     kept, digests, skipped = [], [], []
     for position, path in enumerate(paths):
         try:
+            size = os.stat(path).st_size
+            if size > max_bytes:  # no image file is larger than its decoded pixels
+                raise ImageSkipped(f"a file of {size / 2**20:,.0f} MiB, over the per-image limit of "
+                                   f"{max_bytes / 2**20:,.0f} MiB (sparsenet.decode.MAX_DECODED_BYTES)")
             data = Path(path).read_bytes()
             images[len(kept)] = decode_image(data, image_size, max_bytes)
         except MemoryError:

@@ -80,10 +80,15 @@ def array_bytes(source: Source) -> int:
     return sum(source.counts.values()) * per_image
 
 
-def check_disk(out_dir: Path, source: Source) -> None:
-    """Stop with one line before writing arrays the file system of ``out_dir`` has no room for."""
+def check_disk(out_dir: Path, source: Source, where: Path | None = None) -> None:
+    """Stop with one line before writing arrays for ``out_dir`` that the file system of ``where``
+    (default: ``out_dir``) has no room for.
+
+    The arrays' full size against the free space: a folder source's unreadable files make the
+    arrays smaller, never larger; the previous prepared data stays until the new is complete.
+    """
     needed = array_bytes(source)
-    existing = next(p for p in [out_dir, *out_dir.parents] if p.exists())
+    existing = next(p for p in [where or out_dir, *(where or out_dir).parents] if p.exists())
     free = shutil.disk_usage(existing).free
     if needed > free:
         images, size = sum(source.counts.values()), source.image_size
@@ -102,37 +107,40 @@ def write_prepared(source: Source, out_dir: str | Path, report: dict | None = No
     called with the images of each chunk written.
     """
     out_dir = Path(out_dir)
-    check_disk(out_dir, source)
     histogram = np.zeros(256, dtype=np.int64)
     train_digests: dict[bytes, str] = {}
     pairs: list[dict[str, str]] = []
     duplicates = 0
     sizes = {}
     with atomic_dir(out_dir) as partial:
+        check_disk(out_dir, source, partial)  # where the arrays go, once the last run's partial folder is gone
         for name in SPLITS:
             shape = (source.counts[name], source.channels, source.image_size, source.image_size)
             path = partial / f"{name}_images.npy"
-            images = npy.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
             labels, count = [], 0
-            for chunk in source.chunks(name):
-                k = len(chunk.labels)
-                images[count:count + k] = chunk.images
-                count += k
-                labels.append(np.asarray(chunk.labels, dtype=np.int64))
-                if name == "train":
-                    histogram += np.bincount(chunk.images.reshape(-1), minlength=256)
-                    for origin, digest in zip(chunk.origins, chunk.digests or ()):
-                        train_digests.setdefault(digest, origin)
-                elif chunk.digests:
-                    for origin, digest in zip(chunk.origins, chunk.digests):
-                        if digest in train_digests:
-                            duplicates += 1
-                            if len(pairs) < DUPLICATE_EXAMPLES:
-                                pairs.append({"test": origin, "train": train_digests[digest]})
-                if progress is not None:
-                    progress(k)
-            images.flush()
-            del images
+            with open(path, "wb") as images:  # written in order: a full disk is an error, not a SIGBUS of a map
+                npy.write_array_header_1_0(images, {"descr": "|u1", "fortran_order": False, "shape": shape})
+                for chunk in source.chunks(name):
+                    k = len(chunk.labels)
+                    try:
+                        images.write(np.ascontiguousarray(chunk.images, dtype=np.uint8).data)
+                    except OSError as exc:
+                        raise SparseNetError(f"{out_dir}: writing the prepared arrays failed ({exc.strerror or exc}); "
+                                             "nothing was replaced") from None
+                    count += k
+                    labels.append(np.asarray(chunk.labels, dtype=np.int64))
+                    if name == "train":  # torch counts uint8 as it is; NumPy would first copy it to int64
+                        histogram += torch.bincount(torch.from_numpy(chunk.images).reshape(-1), minlength=256).numpy()
+                        for origin, digest in zip(chunk.origins, chunk.digests or ()):
+                            train_digests.setdefault(digest, origin)
+                    elif chunk.digests:
+                        for origin, digest in zip(chunk.origins, chunk.digests):
+                            if digest in train_digests:
+                                duplicates += 1
+                                if len(pairs) < DUPLICATE_EXAMPLES:
+                                    pairs.append({"test": origin, "train": train_digests[digest]})
+                    if progress is not None:
+                        progress(k)
             if count < shape[0]:
                 _shrink(path, count)
             np.save(partial / f"{name}_labels.npy", np.concatenate(labels) if labels else np.zeros(0, np.int64))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import gzip
 import multiprocessing
 import os
+import signal
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -51,10 +52,18 @@ def chunk_images(channels: int, image_size: int) -> int:
 
 
 def default_workers(workers: int) -> int:
-    """``data.workers``: 0 means one decoding process per core this process may use."""
+    """``data.workers``: 0 means one decoding process per core this process may use (its CPU
+    affinity, and its cgroup's CPU quota where one is set, as in a container)."""
     if workers > 0:
         return workers
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            cores = min(cores, max(1, -(-int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return cores
 
 
 def open_source(cfg: DataConfig, seed: int, chunk: int | None = None) -> Source:
@@ -276,7 +285,9 @@ def in_order(task: Callable, chunks: Iterable, workers: int) -> Iterator:
         context.set_forkserver_preload(["sparsenet.decode"])
     except ValueError:  # no forkserver on this platform
         context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+    # Ctrl-C goes to the whole process group: the workers ignore it, this process stops them.
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=signal.signal,
+                             initargs=(signal.SIGINT, signal.SIG_IGN)) as pool:
         window: deque = deque()
         try:
             for chunk in chunks:

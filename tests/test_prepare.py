@@ -237,3 +237,40 @@ def test_a_decoding_process_that_dies_stops_prepare_in_one_line():
     with pytest.raises(SparseNetError, match=r"a decoding process died \(killed for lack of memory\?\); lower "
                                              r"data.workers \(now 2\) or data.image_size"):
         list(in_order(os._exit, [3, 3, 3, 3, 3], 2))  # each task ends its process at once
+
+
+SKIP_PEAK = """
+import resource, sys
+from sparsenet.decode import decode_files
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+decoded = decode_files([sys.argv[1]], 64)
+print(len(decoded.skipped), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before)
+"""
+
+
+def test_an_image_over_the_limit_is_skipped_before_its_pixels_are_decoded(tmp_path):
+    path = tmp_path / "huge.png"
+    write_png_16bit(path, 12000, 12000)  # 275 MiB decoded; the file is a few hundred KB
+    result = subprocess.run([sys.executable, "-c", SKIP_PEAK, str(path)], capture_output=True, text=True,
+                            check=True, cwd=REPO)
+    skipped, grown = map(int, result.stdout.split())
+    assert skipped == 1 and grown < 16 * 2**20, f"skipping it took {grown / 2**20:.0f} MiB"
+
+
+def test_the_exif_orientation_is_applied(tmp_path):
+    """A photo stored sideways with EXIF orientation 6 comes out as the upright image does."""
+    from sparsenet.decode import EXIF_ORIENTATION, decode_image
+
+    pixels = np.zeros((40, 60, 3), dtype=np.uint8)
+    pixels[:10, :, 0] = 255   # a red band along the top of the upright image
+    pixels[:, :15, 2] = 255   # a blue band down its left side
+    upright = Image.fromarray(pixels)
+    stored = upright.transpose(Image.Transpose.ROTATE_90)  # what the camera wrote; orientation 6 turns it back
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = 6
+    stored.save(tmp_path / "sideways.png", exif=exif)
+    upright.save(tmp_path / "upright.png")
+    turned = decode_image((tmp_path / "sideways.png").read_bytes(), 32).astype(int)
+    expected = decode_image((tmp_path / "upright.png").read_bytes(), 32).astype(int)
+    assert np.abs(turned - expected).max() <= 1
+    assert turned[0, 0, 16] > 200 and turned[2, 16, 0] > 200  # red on top, blue on the left

@@ -107,7 +107,7 @@ def _naive_loader(split: Split, classes: int, folder: Path, batch_size: int):
     from PIL import Image
     from torchvision import datasets, transforms
 
-    for index, (image, label) in enumerate(zip(split.images, split.labels)):
+    for index, (image, label) in enumerate(zip(torch.from_numpy(np.array(split.images)), split.labels)):
         target = folder / f"class_{int(label)}"
         target.mkdir(parents=True, exist_ok=True)
         Image.fromarray(image.expand(3, -1, -1).permute(1, 2, 0).numpy()).save(target / f"{index}.png")
@@ -224,7 +224,7 @@ def run(images: int, batch_size: int, repeats: int, prepared: Path | None, model
     else:
         dataset = make_synthetic(images, 10, 10, 64, seed=0)
         source, mean, std = "synthetic", 0.5, 0.25
-    split = Split(torch.as_tensor(np.array(dataset.train.images[:images])), dataset.train.labels[:images])  # in memory
+    split = Split(dataset.train.images[:images], dataset.train.labels[:images])  # as training gets it: mapped
     size, classes = split.images.shape[-1], len(dataset.classes)
     loader = BatchLoader(split, batch_size, mean, std, device, shuffle=True)
     results: dict = {"machine": {"platform": platform.platform(), "processor": cpu_name(),

@@ -139,6 +139,7 @@ class Decoded:
     kept: list[int]               # their positions in the chunk
     digests: list[bytes]          # of their file bytes
     skipped: list[tuple[int, str]]  # (position in the chunk, reason)
+    histogram: np.ndarray         # 256 counts of the images' pixel values (counted here, in the pool)
 
 
 def decode_files(paths: list[str], image_size: int, max_bytes: int = MAX_DECODED_BYTES) -> Decoded:
@@ -164,4 +165,5 @@ def decode_files(paths: list[str], image_size: int, max_bytes: int = MAX_DECODED
             continue
         kept.append(position)
         digests.append(digest(data))
-    return Decoded(images[:len(kept)].copy() if len(kept) < len(paths) else images, kept, digests, skipped)
+    images = images[:len(kept)].copy() if len(kept) < len(paths) else images
+    return Decoded(images, kept, digests, skipped, np.bincount(images.reshape(-1), minlength=256))

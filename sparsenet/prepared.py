@@ -39,6 +39,7 @@ class Chunk:
     labels: np.ndarray      # k int64
     origins: list[str]      # where each came from: a path, or ``train[i]``
     digests: list[bytes] | None  # of each one's source bytes (the file, or the raw image); None: not compared
+    histogram: np.ndarray | None = None  # of its pixel values (256 bins), when the decoder counted them
 
 
 @dataclass
@@ -55,6 +56,7 @@ class Source:
     counts: dict[str, int]
     chunks: Callable[[str], Iterator[Chunk]]
     skipped: list[dict[str, str]] = field(default_factory=list)
+    close: Callable[[], None] = lambda: None  # called when the writer is done with it (a decoding pool)
 
 
 def statistics(histogram: np.ndarray) -> tuple[float, float]:
@@ -107,6 +109,13 @@ def write_prepared(source: Source, out_dir: str | Path, report: dict | None = No
     called with the images of each chunk written.
     """
     out_dir = Path(out_dir)
+    try:
+        return _write(source, out_dir, report, progress)
+    finally:
+        source.close()
+
+
+def _write(source: Source, out_dir: Path, report: dict | None, progress: Callable[[int], None] | None) -> dict:
     histogram = np.zeros(256, dtype=np.int64)
     train_digests: dict[bytes, str] = {}
     pairs: list[dict[str, str]] = []
@@ -130,7 +139,8 @@ def write_prepared(source: Source, out_dir: str | Path, report: dict | None = No
                     count += k
                     labels.append(np.asarray(chunk.labels, dtype=np.int64))
                     if name == "train":  # torch counts uint8 as it is; NumPy would first copy it to int64
-                        histogram += torch.bincount(torch.from_numpy(chunk.images).reshape(-1), minlength=256).numpy()
+                        histogram += (chunk.histogram if chunk.histogram is not None else
+                                      torch.bincount(torch.from_numpy(chunk.images).reshape(-1), minlength=256).numpy())
                         for origin, digest in zip(chunk.origins, chunk.digests or ()):
                             train_digests.setdefault(digest, origin)
                     elif chunk.digests:

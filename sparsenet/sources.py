@@ -17,6 +17,7 @@ import gzip
 import multiprocessing
 import os
 import signal
+import stat
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -42,12 +43,14 @@ FASHION_MNIST_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
-CHUNK_BYTES = 16 * 2**20  # images per chunk: about this many bytes of them (at most MAX_CHUNK_IMAGES)
+CHUNK_BYTES = 4 * 2**20  # images per chunk: about this many bytes of them (at most MAX_CHUNK_IMAGES)
 MAX_CHUNK_IMAGES = 2048
+IN_FLIGHT = 2  # chunks per decoding process submitted ahead of the one written
 
 
 def chunk_images(channels: int, image_size: int) -> int:
-    """Images per chunk at this shape: ~16 MB of them, so memory does not grow with S."""
+    """Images per chunk at this shape: ~4 MB of them (small: two decoding processes finish a split
+    together), so memory does not grow with S."""
     return max(1, min(MAX_CHUNK_IMAGES, CHUNK_BYTES // (channels * image_size * image_size)))
 
 
@@ -78,8 +81,11 @@ def open_source(cfg: DataConfig, seed: int, chunk: int | None = None) -> Source:
 
 def collect(source: Source) -> Dataset:
     """A source's images held in memory (tests, small benchmarks); refused when they cannot fit."""
-    check_memory(sum(source.counts.values()), source.channels, source.image_size)
-    parts: dict[str, list[Chunk]] = {name: list(source.chunks(name)) for name in SPLITS}
+    try:
+        check_memory(sum(source.counts.values()), source.channels, source.image_size)
+        parts: dict[str, list[Chunk]] = {name: list(source.chunks(name)) for name in SPLITS}
+    finally:
+        source.close()
     splits, origins, digests = {}, {}, {}
     for name, chunks in parts.items():
         shape = (0, source.channels, source.image_size, source.image_size)
@@ -161,7 +167,7 @@ def resize_images(images: torch.Tensor, image_size: int) -> torch.Tensor:
 def fashion_mnist_source(directory: str | Path, image_size: int, chunk: int | None = None) -> Source:
     """Fashion-MNIST resized to S×S a chunk at a time (one gray channel)."""
     dataset = load_fashion_mnist(directory)
-    step = chunk or chunk_images(1, image_size)
+    step = chunk or MAX_CHUNK_IMAGES  # the resize's batch; each image is resized on its own
 
     def chunks(name: str) -> Iterator[Chunk]:
         split: Split = getattr(dataset, name)
@@ -241,17 +247,28 @@ def _skip_reason(path: Path, class_dir: Path, root: Path) -> str | None:
 
 def _list_split(root: Path, key: str, classes: list[str],
                 skipped: list[dict[str, str]]) -> tuple[list[Path], list[tuple[str, int]]]:
-    """(class folders, (file, label) of every file to try), skipping what is not to be read."""
+    """(class folders, (file, label) of every file to try), skipping what is not to be read.
+
+    One ``lstat`` per plain file: ``rglob`` descends real folders only, so below a class folder
+    that is not a link a plain file is where its path says; links take the full checks.
+    """
     files: list[tuple[str, int]] = []
     class_dirs = _class_dirs(root, key)
+    root_real = root.resolve()
     for class_dir in class_dirs:
         label = classes.index(class_dir.name)
+        direct = not class_dir.is_symlink() and root_real in class_dir.resolve().parents
         for path in sorted(class_dir.rglob("*")):
-            if path.is_dir() and not path.is_symlink():
+            info = path.lstat()
+            if stat.S_ISDIR(info.st_mode):
                 continue
-            reason = _skip_reason(path, class_dir, root)
-            if reason is None and path.is_dir():
-                reason = "symlinked folder, not followed"
+            if direct and not stat.S_ISLNK(info.st_mode):
+                hidden = any(part.startswith(".") for part in path.relative_to(class_dir).parts)
+                reason = "hidden file" if hidden else "empty file (0 bytes)" if info.st_size == 0 else None
+            else:
+                reason = _skip_reason(path, class_dir, root)
+                if reason is None and path.is_dir():
+                    reason = "symlinked folder, not followed"
             if reason is None:
                 files.append((str(path), label))
             else:
@@ -272,36 +289,45 @@ def check_separate_folders(train_dir: str | Path, test_dir: str | Path) -> None:
                                  "two separate folders (e.g. data/train and data/test)")
 
 
-def in_order(task: Callable, chunks: Iterable, workers: int) -> Iterator:
-    """``task(chunk)`` of every chunk, in the chunks' order: in this process (``workers`` 1) or
-    in a pool of ``workers`` processes with at most two chunks per worker in flight, so memory
-    stays bounded however far decoding runs ahead of writing.  A pool process that dies (the
-    out-of-memory killer) stops this with one line instead of waiting for it forever."""
-    if workers <= 1:
-        yield from map(task, chunks)
-        return
-    try:  # the pool's processes start from a server that imported only the decoder (no torch)
+def decoding_pool(workers: int) -> ProcessPoolExecutor:
+    """``workers`` processes started from a server that imported only the decoder (no torch);
+    they ignore Ctrl-C (it reaches the whole process group; this process stops them)."""
+    try:
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(["sparsenet.decode"])
     except ValueError:  # no forkserver on this platform
         context = multiprocessing.get_context("spawn")
-    # Ctrl-C goes to the whole process group: the workers ignore it, this process stops them.
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=signal.signal,
-                             initargs=(signal.SIGINT, signal.SIG_IGN)) as pool:
-        window: deque = deque()
-        try:
-            for chunk in chunks:
-                window.append(pool.submit(task, chunk))
-                if len(window) >= 2 * workers:
-                    yield window.popleft().result()
-            while window:
+    return ProcessPoolExecutor(workers, mp_context=context, initializer=signal.signal,
+                               initargs=(signal.SIGINT, signal.SIG_IGN))
+
+
+def in_order(task: Callable, chunks: Iterable, workers: int, pool: ProcessPoolExecutor | None = None) -> Iterator:
+    """``task(chunk)`` of every chunk, in the chunks' order: in this process (``workers`` 1) or
+    in ``pool`` (default: a pool of ``workers`` of its own) with at most :data:`IN_FLIGHT`
+    chunks per worker submitted, so memory stays bounded however far decoding runs ahead of
+    writing.  A pool process that dies (the out-of-memory killer) stops this with one line
+    instead of waiting for it forever."""
+    if workers <= 1:
+        yield from map(task, chunks)
+        return
+    own = pool is None
+    pool = pool or decoding_pool(workers)
+    window: deque = deque()
+    try:
+        for chunk in chunks:
+            window.append(pool.submit(task, chunk))
+            if len(window) >= IN_FLIGHT * workers:
                 yield window.popleft().result()
-        except BrokenProcessPool:
-            raise SparseNetError(f"a decoding process died (killed for lack of memory?); lower data.workers "
-                                 f"(now {workers}) or data.image_size") from None
-        finally:
-            for future in window:
-                future.cancel()
+        while window:
+            yield window.popleft().result()
+    except BrokenProcessPool:
+        raise SparseNetError(f"a decoding process died (killed for lack of memory?); lower data.workers "
+                             f"(now {workers}) or data.image_size") from None
+    finally:
+        for future in window:
+            future.cancel()
+        if own:
+            pool.shutdown(cancel_futures=True)
 
 
 def folder_source(train_dir: str | Path, test_dir: str | Path, image_size: int, workers: int = 1,
@@ -322,8 +348,18 @@ def folder_source(train_dir: str | Path, test_dir: str | Path, image_size: int, 
             f"(train classes: {', '.join(classes)})"
         )
     skipped: list[dict[str, str]] = []
-    listed = {"train": (train_dir, "data.train_dir", *_list_split(train_dir, "data.train_dir", classes, skipped)),
-              "test": (test_dir, "data.test_dir", *_list_split(test_dir, "data.test_dir", classes, skipped))}
+    # One pool for both splits, its processes started now, while the files are listed, and shut
+    # down by the writer (Source.close) when it is done with the source.
+    pool = decoding_pool(workers) if workers > 1 else None
+    try:
+        for _ in range(workers if pool else 0):
+            pool.submit(int)
+        listed = {"train": (train_dir, "data.train_dir", *_list_split(train_dir, "data.train_dir", classes, skipped)),
+                  "test": (test_dir, "data.test_dir", *_list_split(test_dir, "data.test_dir", classes, skipped))}
+    except BaseException:
+        if pool:
+            pool.shutdown(cancel_futures=True)
+        raise
     step = chunk or chunk_images(3, image_size)
 
     def chunks(name: str) -> Iterator[Chunk]:
@@ -332,13 +368,15 @@ def folder_source(train_dir: str | Path, test_dir: str | Path, image_size: int, 
         seen: set[int] = set()
         tasks = (paths[start:start + step] for start in range(0, len(files), step))
         try:
-            for index, decoded in enumerate(in_order(partial(decode_files, image_size=image_size), tasks, workers)):
+            for index, decoded in enumerate(in_order(partial(decode_files, image_size=image_size), tasks, workers,
+                                                     pool)):
                 start = index * step
                 for position, reason in decoded.skipped:
                     skipped.append({"path": paths[start + position], "reason": reason})
                 labels = np.array([files[start + p][1] for p in decoded.kept], dtype=np.int64)
                 seen.update(labels.tolist())
-                yield Chunk(decoded.images, labels, [paths[start + p] for p in decoded.kept], decoded.digests)
+                yield Chunk(decoded.images, labels, [paths[start + p] for p in decoded.kept], decoded.digests,
+                            decoded.histogram)
         except MemoryError:
             raise SparseNetError(f"{key} = '{root}': out of memory while decoding images to {image_size}x{image_size}; "
                                  "lower data.image_size or data.workers") from None
@@ -350,7 +388,8 @@ def folder_source(train_dir: str | Path, test_dir: str | Path, image_size: int, 
                                      "add images or remove the folder")
 
     counts = {name: len(entry[3]) for name, entry in listed.items()}
-    return Source(classes, 3, image_size, counts, chunks, skipped)
+    close = (lambda: pool.shutdown(cancel_futures=True)) if pool is not None else (lambda: None)
+    return Source(classes, 3, image_size, counts, chunks, skipped, close)
 
 
 def load_folder(train_dir: str | Path, test_dir: str | Path, image_size: int, workers: int = 1) -> Dataset:

@@ -2,9 +2,10 @@
 
 ``<split>_images.npy`` (uint8 N×C×S×S) and ``<split>_labels.npy`` (int64 N) for ``train`` and
 ``test``, ``meta.json`` (classes, size, channels, mean/std) and ``report.json`` (what was read,
-what was skipped, train/test duplicates).  The images go straight from the decoder into a
-memory-mapped ``.npy``, so preparing takes disk, not memory: what the writer holds is one chunk,
-a 256-bin histogram and, per image, its label and a 16-byte digest.  The folder is written whole
+what was skipped, train/test duplicates).  The images go straight from the decoder to the end of
+their ``.npy`` file, chunk by chunk, so preparing takes disk, not memory: what the writer holds is
+one chunk, a 256-bin histogram and, per image, its label and a 16-byte digest (train: with its
+origin, for the duplicates report).  The folder is written whole
 to a side folder and swapped in: a kill leaves the old prepared data or the new, never a mix.
 """
 

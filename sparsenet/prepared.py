@@ -71,10 +71,39 @@ def statistics(histogram: np.ndarray) -> tuple[float, float]:
     return total / count / 255.0, variance ** 0.5 / 255.0
 
 
+def histogram(images: torch.Tensor | np.ndarray) -> np.ndarray:
+    """The 256 counts of uint8 images' values (torch counts uint8 as it is; NumPy would first
+    copy the images to int64)."""
+    return torch.bincount(torch.as_tensor(images).reshape(-1), minlength=256).numpy()
+
+
 def pixel_statistics(images: torch.Tensor | np.ndarray) -> tuple[float, float]:
     """:func:`statistics` of uint8 images held in memory, from their histogram (no float copy)."""
-    values = torch.as_tensor(images).reshape(-1)
-    return statistics(torch.bincount(values, minlength=256).numpy())
+    return statistics(histogram(images))
+
+
+class Duplicates:
+    """Test items whose source bytes also occur in train: their count and the first ``limit`` pairs.
+
+    Train is added before test; a digest names the first train item that had it.
+    """
+
+    def __init__(self, limit: int = DUPLICATE_EXAMPLES) -> None:
+        self.limit, self.train, self.count, self.first = limit, {}, 0, []
+
+    def add_train(self, origins: list[str], digests: list[bytes]) -> None:
+        for origin, digest in zip(origins, digests):
+            self.train.setdefault(digest, origin)
+
+    def add_test(self, origins: list[str], digests: list[bytes]) -> None:
+        for origin, digest in zip(origins, digests):
+            if digest in self.train:
+                self.count += 1
+                if len(self.first) < self.limit:
+                    self.first.append({"test": origin, "train": self.train[digest]})
+
+    def report(self) -> dict:
+        return {"count": self.count, "first": self.first}
 
 
 def array_bytes(source: Source) -> int:
@@ -117,10 +146,8 @@ def write_prepared(source: Source, out_dir: str | Path, report: dict | None = No
 
 
 def _write(source: Source, out_dir: Path, report: dict | None, progress: Callable[[int], None] | None) -> dict:
-    histogram = np.zeros(256, dtype=np.int64)
-    train_digests: dict[bytes, str] = {}
-    pairs: list[dict[str, str]] = []
-    duplicates = 0
+    counts = np.zeros(256, dtype=np.int64)
+    duplicates = Duplicates()
     sizes = {}
     with atomic_dir(out_dir) as partial:
         check_disk(out_dir, source, partial)  # where the arrays go, once the last run's partial folder is gone
@@ -139,31 +166,25 @@ def _write(source: Source, out_dir: Path, report: dict | None, progress: Callabl
                                              "nothing was replaced") from None
                     count += k
                     labels.append(np.asarray(chunk.labels, dtype=np.int64))
-                    if name == "train":  # torch counts uint8 as it is; NumPy would first copy it to int64
-                        histogram += (chunk.histogram if chunk.histogram is not None else
-                                      torch.bincount(torch.from_numpy(chunk.images).reshape(-1), minlength=256).numpy())
-                        for origin, digest in zip(chunk.origins, chunk.digests or ()):
-                            train_digests.setdefault(digest, origin)
-                    elif chunk.digests:
-                        for origin, digest in zip(chunk.origins, chunk.digests):
-                            if digest in train_digests:
-                                duplicates += 1
-                                if len(pairs) < DUPLICATE_EXAMPLES:
-                                    pairs.append({"test": origin, "train": train_digests[digest]})
+                    if name == "train":
+                        counts += chunk.histogram if chunk.histogram is not None else histogram(chunk.images)
+                        duplicates.add_train(chunk.origins, chunk.digests or ())
+                    else:
+                        duplicates.add_test(chunk.origins, chunk.digests or ())
                     if progress is not None:
                         progress(k)
             if count < shape[0]:
                 _shrink(path, count)
             np.save(partial / f"{name}_labels.npy", np.concatenate(labels) if labels else np.zeros(0, np.int64))
             sizes[name] = count
-        mean, std = statistics(histogram)
+        mean, std = statistics(counts)
         write_json(partial / "meta.json", {
             "classes": source.classes, "image_size": source.image_size, "channels": source.channels,
             "mean": mean, "std": max(std, 1e-6), "train_size": sizes["train"], "test_size": sizes["test"],
         })
         found = {"classes": source.classes, "train_images": sizes["train"], "test_images": sizes["test"],
                  "skipped_count": len(source.skipped), "skipped": source.skipped,
-                 "train_test_duplicates": {"count": duplicates, "first": pairs}}
+                 "train_test_duplicates": duplicates.report()}
         given = dict(report or {}, **found)
         report = {key: given.pop(key) for key in REPORT_ORDER if key in given} | given
         write_json(partial / "report.json", report)

@@ -33,7 +33,7 @@ from sparsenet.config import DataConfig
 from sparsenet.data import Dataset, Split, check_memory
 from sparsenet.decode import decode_files, digest
 from sparsenet.errors import SparseNetError
-from sparsenet.prepared import SPLITS, Chunk, Source
+from sparsenet.prepared import SPLITS, Chunk, Duplicates, Source
 
 FASHION_MNIST_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -364,19 +364,18 @@ def folder_source(train_dir: str | Path, test_dir: str | Path, image_size: int, 
 
     def chunks(name: str) -> Iterator[Chunk]:
         root, key, class_dirs, files = listed[name]
-        paths = [path for path, _ in files]
         seen: set[int] = set()
-        tasks = (paths[start:start + step] for start in range(0, len(files), step))
+        tasks = ([path for path, _ in files[start:start + step]] for start in range(0, len(files), step))
         try:
             for index, decoded in enumerate(in_order(partial(decode_files, image_size=image_size), tasks, workers,
                                                      pool)):
                 start = index * step
                 for position, reason in decoded.skipped:
-                    skipped.append({"path": paths[start + position], "reason": reason})
-                labels = np.array([files[start + p][1] for p in decoded.kept], dtype=np.int64)
+                    skipped.append({"path": files[start + position][0], "reason": reason})
+                kept = [files[start + p] for p in decoded.kept]
+                labels = np.array([label for _, label in kept], dtype=np.int64)
                 seen.update(labels.tolist())
-                yield Chunk(decoded.images, labels, [paths[start + p] for p in decoded.kept], decoded.digests,
-                            decoded.histogram)
+                yield Chunk(decoded.images, labels, [path for path, _ in kept], decoded.digests, decoded.histogram)
         except MemoryError:
             raise SparseNetError(f"{key} = '{root}': out of memory while decoding images to {image_size}x{image_size}; "
                                  "lower data.image_size or data.workers") from None
@@ -399,11 +398,8 @@ def load_folder(train_dir: str | Path, test_dir: str | Path, image_size: int, wo
 
 def train_test_duplicates(dataset: Dataset, limit: int = 10) -> dict:
     """Test items whose source bytes also occur in train: their count and the first ``limit`` pairs."""
-    if not dataset.digests:
-        return {"count": 0, "first": []}
-    train = {}
-    for origin, digest_ in zip(dataset.origins["train"], dataset.digests["train"]):
-        train.setdefault(digest_, origin)
-    pairs = [{"test": origin, "train": train[digest_]}
-             for origin, digest_ in zip(dataset.origins["test"], dataset.digests["test"]) if digest_ in train]
-    return {"count": len(pairs), "first": pairs[:limit]}
+    duplicates = Duplicates(limit)
+    if dataset.digests:
+        duplicates.add_train(dataset.origins["train"], dataset.digests["train"])
+        duplicates.add_test(dataset.origins["test"], dataset.digests["test"])
+    return duplicates.report()

@@ -388,20 +388,27 @@ def _git_remote(root: Path, given: str | None, address: str | None) -> str:
                                  "--git-remote URL, a git remote every node reaches (push HEAD there first)")
         return str(root)
     names = git("remote", cwd=root).stdout.split()
-    return git("remote", "get-url", "--", given, cwd=root).stdout.strip() if given in names else given
+    url = git("remote", "get-url", "--", given, cwd=root).stdout.strip() if given in names else given
+    # a relative path means the same folder from every clone: made absolute here, where it was
+    # given (a remote's relative URL: from the repo's root)
+    local = (root if given in names else Path.cwd()) / url
+    return str(local.resolve()) if "://" not in url and not url.startswith("git@") and local.exists() else url
 
 
 def _check_pushed(root: Path, remote: str, commit: str) -> None:
     """Stop before any point runs when ``commit`` is not on the git remote ``remote``."""
-    try:
-        heads = {line.split()[0] for line in git("ls-remote", "--", remote, cwd=root).stdout.splitlines()}
+    try:  # branches and tags only: a clone fetches nothing else (experiment refs included)
+        listed = git("ls-remote", "--heads", "--tags", "--", remote, cwd=root).stdout.splitlines()
     except SparseNetError as exc:
         raise SparseNetError(f"--git-remote {remote}: cannot list it ({exc})") from None
-    for sha in heads:
-        known = git("cat-file", "-e", f"{sha}^{{commit}}", cwd=root, check=False).returncode == 0
-        if sha == commit or not known or git("merge-base", "--is-ancestor", commit, sha, cwd=root,
-                                             check=False).returncode == 0:
-            return  # there, or on a branch this repo has not fetched (then a point's clone tells)
+    refs = dict(line.split()[::-1] for line in listed)
+    unknown = [ref for ref, sha in refs.items()
+               if git("cat-file", "-e", f"{sha}^{{commit}}", cwd=root, check=False).returncode != 0]
+    if unknown:  # their commits, into this repo's objects only (FETCH_HEAD; no ref of the user's moves)
+        git("fetch", "--quiet", "--no-tags", "--", remote, *unknown, cwd=root, check=False)
+    for sha in refs.values():
+        if sha == commit or git("merge-base", "--is-ancestor", commit, sha, cwd=root, check=False).returncode == 0:
+            return
     raise SparseNetError(f"--git-remote {remote}: commit {commit[:12]} is not there; push it first "
                          f"(git push {remote} HEAD)")
 
@@ -409,7 +416,7 @@ def _check_pushed(root: Path, remote: str, commit: str) -> None:
 def _pull(root: Path, remote: str) -> None:
     """Fetch every experiment published to the git remote ``remote`` (their refs: metrics and
     params; outputs stay in the DVC remote until ``dvc exp apply`` + ``dvc pull``).  A local
-    experiment of the same name but other content is kept: DVC stops with its name."""
+    experiment of the same name but other content is kept (DVC warns and leaves it)."""
     dvc("exp", "pull", "--no-cache", "--all-commits", remote, cwd=root)
 
 

@@ -52,7 +52,8 @@ class Point:
 
 class PointInterrupted(RuntimeError):
     """``dvc exp run`` of a point died of a signal (the OOM killer, a SIGKILL): not the point's
-    own fault, so Ray runs the task again."""
+    own fault, so Ray runs the task again.  (A stage killed under a living ``dvc`` is a failed
+    stage to DVC, reported like the point's own failure.)"""
 
 
 @dataclass(frozen=True)

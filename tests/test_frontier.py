@@ -252,3 +252,20 @@ def test_sets_apply_to_the_params_as_dvc_exp_run_reads_them():
                            "prune.flag=off"])
     assert out["seed"] == 2 and out["prune"] == {"sparsity": 0.5, "lr": 0.002, "exclude": ["fc1", "conv1"],
                                                  "flag": "off", "width": 10}
+
+
+def test_a_relative_git_remote_reaches_the_clones_as_an_absolute_path(tmp_path, monkeypatch):
+    """Each point clones from its own temporary folder: a relative remote must not stay relative."""
+    import subprocess
+
+    from sparsenet.frontier import _git_remote
+
+    root, bare = tmp_path / "repo", tmp_path / "shared.git"
+    root.mkdir()
+    bare.mkdir()
+    subprocess.run(["git", "init", "-q", str(root)], check=True)
+    subprocess.run(["git", "remote", "add", "shared", "../shared.git"], cwd=root, check=True)
+    monkeypatch.chdir(root)
+    assert _git_remote(root, "shared", None) == str(bare.resolve())      # a remote's name, its URL relative
+    assert _git_remote(root, "../shared.git", None) == str(bare.resolve())  # a relative path, from here
+    assert _git_remote(root, "ssh://git.example/x.git", None) == "ssh://git.example/x.git"

@@ -19,7 +19,7 @@ def prepare(cfg: Config, paths: Paths = Paths(), chunk: int | None = None) -> di
     """Read the configured source, bring it to S×S, write ``data/prepared`` and its report.
 
     Images are decoded (folders: by ``data.workers`` processes) and written to the arrays
-    ``chunk`` at a time (default: ~16 MB of them); the bytes written are the same for any
+    ``chunk`` at a time (default: ~4 MB of them); the bytes written are the same for any
     number of workers and any chunk size.  The report counts the test images whose bytes also
     occur in train (a warning, not an error: Fashion-MNIST-like sets hold a few) and lists the
     first of them.

@@ -40,7 +40,7 @@ from sparsenet.io import write_json
 from sparsenet.models import LeNet, SparseNet, default_device, enforce_masks_after_steps
 from sparsenet.options import LAYER_NAMES
 from sparsenet.pruning import prune_model
-from sparsenet.pipeline.stage import keep_freed_memory
+from sparsenet.stage import keep_freed_memory
 from sparsenet.speed import LATENCY_CONTENDERS, batch_input, eager_and_engine, images_per_second, latency_ms, speedups
 
 INFERENCE_BATCH = 256

@@ -64,8 +64,8 @@ import sys, threading, time, json
 from pathlib import Path
 import psutil
 from sparsenet.config import config_from_dict
-from sparsenet.pipeline.prepare import prepare
-from sparsenet.pipeline.stage import Paths
+from stages.prepare import prepare
+from sparsenet.stage import Paths
 peak = 0
 def anonymous():
     total = 0

@@ -9,8 +9,9 @@
     sparsenet bench-data decode|memory|epoch # prepare's images/s and peak memory; epochs from the memory map
     sparsenet sensitivity                    # each layer pruned alone: accuracy curves (plots/sensitivity.*)
 
-The step sub-commands run exactly what ``dvc repro`` runs (``stages/<step>.py`` call the same
-:func:`sparsenet.pipeline.stage.run_stage`), but outside DVC: nothing is cached or recorded.
+The step sub-commands run exactly what ``dvc repro`` runs (the step of ``stages/<step>.py`` in the
+working directory, through the same :func:`sparsenet.stage.run_stage`), but outside DVC: nothing is
+cached or recorded.
 """
 
 from __future__ import annotations
@@ -81,9 +82,18 @@ def _main(args: list[str]) -> None:
                 inspect_checkpoint(path)
         return
     step = parsed.command.replace("-", "_")
-    from sparsenet.pipeline.stage import run_stage
+    run_step(step, parsed.params)
 
-    run_stage(getattr(import_module(f"sparsenet.pipeline.{step}"), step), parsed.params)
+
+def run_step(step: str, params: str) -> None:
+    """Run ``stages/<step>.py`` of the project in the working directory, as ``dvc repro`` would."""
+    if not (Path.cwd() / "stages" / f"{step}.py").is_file():
+        raise SystemExit(f"error: no stages/{step}.py here; run sparsenet {step.replace('_', '-')} in the "
+                         "project's folder (the one holding dvc.yaml)")
+    sys.path.insert(0, str(Path.cwd()))  # the project's own stages, as `python -m stages.<step>` finds them
+    from sparsenet.stage import run_stage
+
+    run_stage(getattr(import_module(f"stages.{step}"), step), params)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 A sweep point runs ``python -m sparsenet.lifetime python -m dvc exp run …`` from its Ray worker,
 with :data:`ENV` set: if the worker dies (its node is removed, the driver of a local instance is
-killed), the kernel kills ``dvc`` at once, and each stage, which :func:`sparsenet.pipeline.stage.run_stage`
+killed), the kernel kills ``dvc`` at once, and each stage, which :func:`sparsenet.stage.run_stage`
 has tied to ``dvc`` the same way, with it — nothing trains on for a point no one will publish.
 """
 

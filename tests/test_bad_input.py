@@ -16,8 +16,8 @@ from PIL import Image
 from sparsenet.config import config_from_dict
 from sparsenet.sources import load_folder
 from sparsenet.errors import SparseNetError
-from sparsenet.pipeline.prepare import prepare
-from sparsenet.pipeline.stage import Paths
+from stages.prepare import prepare
+from sparsenet.stage import Paths
 
 SIZE = 32
 rng = np.random.default_rng(0)

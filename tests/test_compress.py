@@ -15,8 +15,8 @@ from sparsenet.prepared import save_prepared
 from sparsenet.sources import make_synthetic
 from sparsenet.errors import SparseNetError
 from sparsenet.models import SparseNet
-from sparsenet.pipeline.compress import compress
-from sparsenet.pipeline.stage import Paths
+from stages.compress import compress
+from sparsenet.stage import Paths
 from sparsenet.pruning import prune_model
 from sparsenet.training import fit
 

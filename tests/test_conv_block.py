@@ -150,7 +150,7 @@ net = LeNet(3, 32)
 for _ in range(2):
     F.cross_entropy(net(torch.randn(4, 3, 32, 32)), torch.tensor([0, 1, 2, 0])).backward()
 assert not conv_block.available()
-from sparsenet.pipeline.training_stage import _device_name
+from sparsenet.training_stage import _device_name
 print("trained", _device_name())
 """
     empty = tmp_path / "bin"
@@ -161,7 +161,7 @@ print("trained", _device_name())
     trained, device = result.stdout.rstrip("\n").split(" ", 1)
     assert trained == "trained" and device.endswith("training block: pytorch")
     if _can_build():  # a resume checkpoint from the compiled path would not be taken up, nor the reverse
-        from sparsenet.pipeline.training_stage import _device_name
+        from sparsenet.training_stage import _device_name
 
         assert conv_block.available() and _device_name() != device
     notices = [line for line in result.stderr.splitlines() if line.startswith("sparsenet:")]

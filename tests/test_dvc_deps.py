@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sparsenet.pipeline.training_stage import import_closure
+from sparsenet.training_stage import import_closure
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
@@ -159,7 +159,7 @@ def test_each_stage_declares_exactly_the_params_it_reads(tmp_path):
     from importlib import import_module
 
     from sparsenet.config import config_from_dict
-    from sparsenet.pipeline.stage import Paths
+    from sparsenet.stage import Paths
 
     base = {"data": {"source": "synthetic", "image_size": 32, "synthetic": {"train_size": 64, "test_size": 32}},
             "train": {"epochs": 1, "batch_size": 32}}
@@ -178,7 +178,7 @@ def test_each_stage_declares_exactly_the_params_it_reads(tmp_path):
             if name not in steps:
                 continue
             read: set[str] = set()
-            step = getattr(import_module(f"sparsenet.pipeline.{name}"), name)
+            step = getattr(import_module(f"stages.{name}"), name)
             step(tracked(cfg, read), paths)
             params = stage.get("params", [])
             missing = {key for key in read if not any(key == p or key.startswith(p + ".") for p in params)}

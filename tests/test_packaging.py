@@ -21,4 +21,4 @@ def test_the_wheel_holds_every_module_of_the_package(tmp_path):
     packed = {name for name in zipfile.ZipFile(wheel).namelist() if name.endswith(".py")}
     modules = {path.relative_to(REPO).as_posix() for path in (REPO / "sparsenet").rglob("*.py")}
     assert modules - packed == set()
-    assert "sparsenet/pipeline/prune_train.py" in packed
+    assert "sparsenet/training_stage.py" in packed

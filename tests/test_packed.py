@@ -138,8 +138,8 @@ def test_a_damaged_or_foreign_packed_file_gives_one_clear_error(tmp_path):
 
 
 def test_evaluate_reports_whether_the_packed_file_restores_the_sparse_model(tmp_path):
-    from sparsenet.pipeline.evaluate import packed_metrics
-    from sparsenet.pipeline.stage import Paths
+    from stages.evaluate import packed_metrics
+    from sparsenet.stage import Paths
 
     paths = Paths(sparse_model=tmp_path / "sparse.pt", packed_model=tmp_path / "packed.pt")
     save_checkpoint(paths.sparse_model, plain_state(pruned("magnitude")))
@@ -156,8 +156,8 @@ def test_evaluate_reports_whether_the_packed_file_restores_the_sparse_model(tmp_
 
 
 def test_a_negative_zero_where_the_packed_file_has_plus_zero_is_not_a_restore(tmp_path):
-    from sparsenet.pipeline.evaluate import packed_metrics
-    from sparsenet.pipeline.stage import Paths
+    from stages.evaluate import packed_metrics
+    from sparsenet.stage import Paths
 
     paths = Paths(sparse_model=tmp_path / "sparse.pt", packed_model=tmp_path / "packed.pt")
     state = plain_state(pruned("magnitude"))

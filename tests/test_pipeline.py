@@ -312,10 +312,10 @@ def test_bad_param_stops_a_stage_with_one_line(tmp_path):
 def test_a_stage_runs_the_package_of_the_checkout_it_runs_in(tmp_path):
     """Not the one an editable install points at: a queued experiment runs its own commit's code."""
     env = make_project(tmp_path, SMALL)
-    with open(tmp_path / "sparsenet" / "pipeline" / "prepare.py", "a") as fh:
-        fh.write("\nprint('prepare from', __file__)\n")
+    with open(tmp_path / "sparsenet" / "prepared.py", "a") as fh:
+        fh.write("\nprint('prepared from', __file__)\n")
     out = run([sys.executable, "-m", "stages.prepare"], tmp_path, env).stdout
-    assert f"prepare from {tmp_path / 'sparsenet' / 'pipeline' / 'prepare.py'}" in out
+    assert f"prepared from {tmp_path / 'sparsenet' / 'prepared.py'}" in out
 
 
 def test_folder_source_reruns_prepare_when_images_are_added_and_never_touches_them(tmp_path):

@@ -21,8 +21,8 @@ from PIL import Image
 from sparsenet.config import config_from_dict
 from sparsenet.decode import MAX_DECODED_BYTES
 from sparsenet.errors import SparseNetError
-from sparsenet.pipeline.prepare import prepare
-from sparsenet.pipeline.stage import Paths
+from stages.prepare import prepare
+from sparsenet.stage import Paths
 from tests.test_data import tree_digest, write_mixed_folder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -147,8 +147,8 @@ KILLED = """
 import sys
 from pathlib import Path
 from sparsenet.config import config_from_dict
-from sparsenet.pipeline.prepare import prepare
-from sparsenet.pipeline.stage import Paths
+from stages.prepare import prepare
+from sparsenet.stage import Paths
 cfg = config_from_dict({"data": {"source": "synthetic", "image_size": 256,
                                  "synthetic": {"train_size": 20000, "test_size": 10, "classes": 4}}})
 prepare(cfg, Paths(prepared=Path(sys.argv[1])))
@@ -182,7 +182,7 @@ def test_a_training_stage_streaming_from_the_map_gives_the_models_bytes_of_the_i
     """The same dense model, byte for byte, whether the split is read into memory and
     normalised once or gathered batch by batch from the memory map."""
     import sparsenet.data
-    from sparsenet.pipeline.train_dense import train_dense
+    from stages.train_dense import train_dense
 
     cfg = config_from_dict({"data": {"source": "synthetic", "image_size": 32,
                                      "synthetic": {"train_size": 300, "test_size": 60, "classes": 4}},

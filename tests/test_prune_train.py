@@ -33,7 +33,7 @@ def test_sensitivity_allocation_prunes_each_layer_by_the_share_it_prints(tmp_pat
 
 
 def test_taylor_masks_follow_the_batches_scored(tmp_path, monkeypatch):
-    import sparsenet.pipeline.prune_train as stage
+    import stages.prune_train as stage
 
     scored = []  # (batches, images) each call scored: the real scores, only counted
 

@@ -21,8 +21,8 @@ from sparsenet.config import config_from_dict
 from sparsenet.data import BatchLoader
 from sparsenet.prepared import save_prepared
 from sparsenet.sources import make_synthetic
-from sparsenet.pipeline.stage import Paths
-from sparsenet.pipeline.training_stage import resume_args
+from sparsenet.stage import Paths
+from sparsenet.training_stage import resume_args
 from sparsenet.models import LeNet
 from sparsenet.training import NonFiniteLoss, fit
 
@@ -191,7 +191,7 @@ def test_fingerprint_covers_params_and_every_prepared_file(tmp_path):
 
 
 def test_fingerprint_covers_the_code_dvc_yaml_lists_for_the_stage():
-    from sparsenet.pipeline.training_stage import step_code_files
+    from sparsenet.training_stage import step_code_files
     from tests.test_dvc_deps import STAGES, declared
 
     for stage in ("train_dense", "prune_train", "train_control"):

@@ -14,9 +14,9 @@ from sparsenet.errors import SparseNetError
 from sparsenet.checkpoints import load_checkpoint
 from sparsenet.models import LeNet, initial_state
 from sparsenet.checkpoints import rewind_state
-from sparsenet.pipeline.prune_train import prune_train
-from sparsenet.pipeline.stage import Paths
-from sparsenet.pipeline.train_dense import train_dense
+from stages.prune_train import prune_train
+from sparsenet.stage import Paths
+from stages.train_dense import train_dense
 from sparsenet.pruning import prune_model
 from sparsenet.training import fit
 

@@ -12,10 +12,10 @@ from sparsenet.data import BatchLoader
 from sparsenet.prepared import save_prepared
 from sparsenet.sources import make_synthetic
 from sparsenet.models import LeNet
-from sparsenet.pipeline.prune_train import prune_train
-from sparsenet.pipeline.stage import Paths
-from sparsenet.pipeline.train_dense import train_dense
-from sparsenet.pipeline.train_small import matching_widths, train_small
+from stages.prune_train import prune_train
+from sparsenet.stage import Paths
+from stages.train_dense import train_dense
+from stages.train_small import matching_widths, train_small
 
 
 def lenet_params(widths, classes=10, size=64) -> int:

@@ -10,7 +10,7 @@ SCRIPT = """
 import resource, sys, torch
 import torch.nn.functional as F
 from sparsenet.models import SparseNet
-from sparsenet.pipeline.stage import keep_freed_memory
+from sparsenet.stage import keep_freed_memory
 
 torch.manual_seed(0)
 model = SparseNet(10, 64)

@@ -21,10 +21,10 @@ from sparsenet.data import BatchLoader, Dataset
 from sparsenet.prepared import load_prepared
 from sparsenet.io import atomic_dir
 from sparsenet.models import default_device
-from sparsenet.pipeline.stage import Paths
+from sparsenet.stage import Paths
 from sparsenet.training import EVAL_BATCH_SIZE, seed_everything
 
-PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+PACKAGE_ROOT = Path(__file__).resolve().parent
 PROJECT_ROOT = PACKAGE_ROOT.parent
 
 
@@ -70,10 +70,7 @@ def step_code_files(stage: str) -> list[str]:
     checkpoint stale.  Where the package is installed without the project's ``stages/`` folder,
     the step module's closure.
     """
-    try:
-        return sorted(import_closure(f"stages.{stage}"))
-    except ImportError:
-        return sorted(import_closure(f"sparsenet.pipeline.{stage}"))
+    return sorted(import_closure(f"stages.{stage}"))
 
 
 PROJECT_PACKAGES = ("sparsenet", "stages")

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from sparsenet import training_forward
 from sparsenet.analysis import model_cost
 from sparsenet.checkpoints import load_model
 from sparsenet.compact import compact
@@ -75,7 +76,7 @@ def _trainer(model: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], None]:
     model.train()
 
     def step(images: torch.Tensor, labels: torch.Tensor) -> None:
-        loss = loss_fn(model(images), labels)
+        loss = loss_fn(training_forward.forward(model, images), labels)  # as the training stages step
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

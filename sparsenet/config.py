@@ -53,6 +53,12 @@ class TrainConfig:
     batch_size: int = _default("train.batch_size")
     lr: float = _default("train.lr")
     lr_schedule: str = _default("train.lr_schedule")
+    conv_block: str = _default("train.conv_block")
+
+    @property
+    def compiled_conv(self) -> bool:
+        """Whether CPU training steps run the compiled conv blocks (``conv_block: compiled``)."""
+        return self.conv_block == "compiled"
 
 
 @dataclass(frozen=True)
@@ -173,6 +179,7 @@ def _check_values(cfg: Config, source: str) -> None:
     one_of("prune.allocation", cfg.prune.allocation, options.PRUNE_ALLOCATIONS)
     one_of("prune.schedule", cfg.prune.schedule, options.PRUNE_SCHEDULES)
     one_of("train.lr_schedule", cfg.train.lr_schedule, options.LR_SCHEDULES)
+    one_of("train.conv_block", cfg.train.conv_block, options.CONV_BLOCKS)
     one_of("prune.lr_schedule", cfg.prune.lr_schedule, options.LR_SCHEDULES)
     for name in cfg.prune.exclude:
         one_of("prune.exclude", name, options.LAYER_NAMES)

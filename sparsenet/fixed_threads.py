@@ -7,38 +7,18 @@ few hundred steps the trained model in its accuracy.  So a sweep's one-thread po
 two-thread ``dvc repro`` would give different results for the same params, under the same DVC
 stage hash.  The same holds for a test batch of a few images (5 to 11 here) without gradients.
 Here each product of a training step, and of the forward passes that measure accuracy
-(:func:`pinned`), runs on one thread, in one fixed order; the convolutions keep every core
-(:mod:`sparsenet.conv_block` sums in a fixed order already).  Other inference — the speed
-measurements' eager PyTorch among it — is left as PyTorch runs it.
+(:mod:`sparsenet.training_forward` calls :func:`linear`), runs on one thread, in one fixed order;
+the convolutions keep every core (:mod:`sparsenet.conv_block` sums in a fixed order already).
+Other inference — ``model(x)``, the speed measurements' eager PyTorch among it — is left as
+PyTorch runs it.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
-from contextvars import ContextVar
 from typing import Iterator
 
 import torch
-
-
-_PINNED = ContextVar("sparsenet_fixed_threads_pinned", default=False)
-
-
-@contextmanager
-def pinned() -> Iterator[None]:
-    """Inside the block, forward passes without gradients compute their fully connected layers
-    as training does (:func:`linear`): for measurements that must not depend on the thread count."""
-    token = _PINNED.set(True)
-    try:
-        yield
-    finally:
-        _PINNED.reset(token)
-
-
-def is_pinned() -> bool:
-    """Whether a fully connected layer should compute through :func:`linear` now: while training,
-    or inside :func:`pinned`."""
-    return torch.is_grad_enabled() or _PINNED.get()
 
 
 @contextmanager

@@ -19,6 +19,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from sparsenet import training_forward
 from sparsenet.models import SparseConv2d, SparseLinear, sparse_layers
 from sparsenet.options import PRUNE_CRITERIA
 
@@ -65,12 +66,14 @@ def slice_scores(weight: torch.Tensor, mask: torch.Tensor, dim: int, criterion: 
     raise ValueError(f"unknown criterion {criterion!r}; expected one of: {', '.join(PRUNE_CRITERIA)}")
 
 
-def taylor_scores(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
+def taylor_scores(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                  compiled_conv: bool = True) -> dict[str, torch.Tensor]:
     """``Σ_b |w ⊙ ∂L_b/∂w|`` for every sparse layer's weight, over the given (images, labels) batches.
 
     ``L_b`` is the batch's mean cross-entropy.  Each batch's product is taken in absolute value
     before summing, so opposite gradients of two batches do not cancel.  A pruned weight is zero
-    and scores zero.  The model's weights and its ``.grad`` fields are left as they were.
+    and scores zero.  The model's weights and its ``.grad`` fields are left as they were.  The
+    gradients are training's (:mod:`sparsenet.training_forward`, ``compiled_conv`` as in training).
     """
     layers = dict(sparse_layers(model))
     totals = {name: torch.zeros_like(layer.weight, dtype=torch.float32) for name, layer in layers.items()}
@@ -81,7 +84,7 @@ def taylor_scores(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.
         for images, labels in batches:
             model.zero_grad(set_to_none=True)
             with torch.enable_grad():
-                loss = nn.functional.cross_entropy(model(images), labels)
+                loss = nn.functional.cross_entropy(training_forward.forward(model, images, compiled_conv), labels)
                 loss.backward()
             with torch.no_grad():
                 for name, layer in layers.items():

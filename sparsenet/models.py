@@ -5,6 +5,10 @@ carry a boolean ``mask`` buffer per weight (and ``bias_mask`` per bias).  The fo
 the masked weight and :meth:`apply_mask` keeps the stored weight at exact zero where masked, so
 ``module.weight`` always shows the true zeros and an optimizer step can never revive a pruned
 weight (:func:`enforce_masks_after_steps` re-applies the masks after every step).
+
+Plain PyTorch: ``model(x)`` runs only torch operators, so a model exports to ONNX, traces and
+compiles like any other.  Training's own forward pass (compiled conv blocks, fixed-order sums)
+is :mod:`sparsenet.training_forward`.
 """
 
 from __future__ import annotations
@@ -15,8 +19,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sparsenet import fixed_threads
-from sparsenet.conv_block import conv_pool_relu
 from sparsenet.options import LAYER_NAMES
 
 # Widths of the classic LeNet: conv1 filters, conv2 filters, fc1 units, fc2 units.
@@ -63,14 +65,17 @@ class _MaskedMixin:
 
 
 class SparseConv2d(_MaskedMixin, nn.Conv2d):
-    """`nn.Conv2d` whose weight is multiplied by a fixed boolean mask."""
+    """`nn.Conv2d` (zero padding) whose weight is multiplied by a fixed boolean mask."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        if self.padding_mode != "zeros":
+            raise ValueError(f"SparseConv2d pads with zeros only, not {self.padding_mode!r}")
         self._init_masks()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(x, self.masked_weight(), self.masked_bias())
+        return F.conv2d(x, self.masked_weight(), self.masked_bias(), self.stride, self.padding, self.dilation,
+                        self.groups)
 
 
 class SparseLinear(_MaskedMixin, nn.Linear):
@@ -125,45 +130,12 @@ class LeNet(nn.Module):
         self.fc3 = self.linear_type(f2, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = conv_block(self.conv1, x)
-        x = conv_block(self.conv2, x)
+        x = F.relu(max_pool_2x2(self.conv1(x)))
+        x = F.relu(max_pool_2x2(self.conv2(x)))
         x = torch.flatten(x, 1)
-        x = F.relu(fully_connected(self.fc1, x))
-        x = F.relu(fully_connected(self.fc2, x))
-        return fully_connected(self.fc3, x)
-
-
-def conv_block(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """``relu(max_pool2d(conv(x), 2))``: training on CPU runs the compiled block and its backward
-    (:mod:`sparsenet.conv_block`); inference, and a conv with hooks, call ``conv`` and pool by maxima.
-
-    Pooling before the ReLU gives the same values and gradients (both are monotone; ties go to
-    the same element) while the ReLU touches a quarter of the data.
-    """
-    if torch.is_grad_enabled() and x.device.type == "cpu" and _runs_as_plain_conv(conv):
-        return conv_pool_relu(x, *used_parameters(conv))
-    return F.relu(max_pool_2x2(conv(x)))
-
-
-def fully_connected(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """``layer(x)``; training and accuracy measurements on CPU compute it on one thread per product
-    (:mod:`sparsenet.fixed_threads`), so neither depends on the thread count."""
-    if x.device.type == "cpu" and fixed_threads.is_pinned() and not _has_hooks(layer):
-        return fixed_threads.linear(x, *used_parameters(layer))
-    return layer(x)
-
-
-def _has_hooks(layer: nn.Module) -> bool:
-    """Whether calling ``layer`` runs hooks (``torch.nn.utils.prune`` recomputes the weight in a
-    pre-hook; others may watch): then it is called as it is."""
-    return bool(layer._forward_pre_hooks or layer._forward_hooks or nn.modules.module._global_forward_pre_hooks
-                or nn.modules.module._global_forward_hooks)
-
-
-def _runs_as_plain_conv(conv: nn.Conv2d) -> bool:
-    """Whether ``conv(x)`` is exactly ``conv2d(x, *used_parameters(conv))``: LeNet's geometry and no hooks."""
-    return (not _has_hooks(conv) and conv.stride == (1, 1) and conv.padding == (0, 0) and conv.dilation == (1, 1)
-            and conv.groups == 1 and conv.padding_mode == "zeros")
+        x = F.relu(self.fc1(x))
+        x = F.relu(self.fc2(x))
+        return self.fc3(x)
 
 
 def max_pool_2x2(x: torch.Tensor) -> torch.Tensor:

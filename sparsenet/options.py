@@ -8,6 +8,7 @@ from __future__ import annotations
 
 DATA_SOURCES = ("fashion-mnist", "folder", "synthetic")
 LR_SCHEDULES = ("constant", "cosine")
+CONV_BLOCKS = ("compiled", "pytorch")  # how CPU training computes conv + pool + ReLU (sparsenet.training_forward)
 PRUNE_METHODS = ("magnitude", "random", "taylor", "structured")
 PRUNE_CRITERIA = ("l2", "taylor")  # how structured pruning ranks filters / channels
 PRUNE_ALLOCATIONS = ("uniform", "sensitivity")  # how structured pruning shares the target among layers
@@ -35,7 +36,7 @@ DEFAULTS: dict = {
         "workers": 0,
         "synthetic": {"train_size": 600, "test_size": 200, "classes": 4},
     },
-    "train": {"epochs": 4, "batch_size": 128, "lr": 0.002, "lr_schedule": "cosine"},
+    "train": {"epochs": 4, "batch_size": 128, "lr": 0.002, "lr_schedule": "cosine", "conv_block": "compiled"},
     "prune": {
         "method": "magnitude",
         "structure": "filters",

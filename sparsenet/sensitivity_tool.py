@@ -51,7 +51,8 @@ def probe(model_path: Path, params: str, shares: tuple[float, ...], prepared: Pa
     taylor = None
     if uses_taylor(p.method, p.criterion):
         train = BatchLoader(load_split(prepared, "train"), cfg.train.batch_size, meta["mean"], meta["std"], device)
-        taylor = taylor_scores(model, train.sample(p.score_batches, draw_seed(cfg.seed, "taylor", 0)))
+        taylor = taylor_scores(model, train.sample(p.score_batches, draw_seed(cfg.seed, "taylor", 0)),
+                               cfg.train.compiled_conv)
     how = f"{p.structure} by {p.criterion}" if p.method == "structured" else p.method
     print(f"{model_path}: each layer pruned alone ({how}), test accuracy")
     rows = measure(model, test, p.method, p.structure, p.criterion, tuple(p.exclude), (0.0, *shares), taylor,

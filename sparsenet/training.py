@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from sparsenet import fixed_threads
+from sparsenet import training_forward
 from sparsenet.checkpoints import load_resume_state, save_resume_state
 from sparsenet.errors import SparseNetError
 from sparsenet.models import enforce_masks_after_steps
@@ -40,12 +40,11 @@ def seed_everything(seed: int) -> None:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: BatchLoader) -> tuple[float, float]:
-    """Mean cross-entropy loss and accuracy of ``model`` over ``loader``."""
+    """Mean cross-entropy loss and accuracy of ``model`` over ``loader`` (the same on any number of threads)."""
     model.eval()
     loss_sum, correct, count = 0.0, 0, 0
     for images, labels in loader:
-        with fixed_threads.pinned():  # the same logits on any number of threads
-            logits = model(images)
+        logits = training_forward.forward(model, images)
         loss_sum += nn.functional.cross_entropy(logits, labels, reduction="sum").item()
         correct += (logits.argmax(dim=1) == labels).sum().item()
         count += len(labels)
@@ -54,10 +53,12 @@ def evaluate(model: nn.Module, loader: BatchLoader) -> tuple[float, float]:
 
 def train_epoch(model: nn.Module, loader: BatchLoader, optimizer: torch.optim.Optimizer,
                 loss_fn: nn.Module, desc: str,
-                scheduler: torch.optim.lr_scheduler.LRScheduler | None = None) -> tuple[float, float]:
+                scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+                compiled_conv: bool = True) -> tuple[float, float]:
     """One pass over ``loader``; returns mean training loss and accuracy.
 
-    ``scheduler`` (if given) steps after every optimizer step.  A non-finite loss raises
+    ``scheduler`` (if given) steps after every optimizer step; ``compiled_conv``: see
+    :mod:`sparsenet.training_forward`.  A non-finite loss raises
     :class:`NonFiniteLoss` naming ``desc`` and the step, before the weights are touched.
     """
     model.train()
@@ -66,7 +67,7 @@ def train_epoch(model: nn.Module, loader: BatchLoader, optimizer: torch.optim.Op
     # Images (not batches) as the unit: the bar shows img/s and the ETA; off when not a terminal.
     bar = tqdm(total=len(loader.split), desc=desc, unit="img", unit_scale=True, leave=False, disable=None)
     for step, (images, labels) in enumerate(loader, start=1):
-        logits = model(images)
+        logits = training_forward.forward(model, images, compiled_conv)
         loss = loss_fn(logits, labels)
         loss_value = loss.item()  # the step's one read back to the host
         if not math.isfinite(loss_value):
@@ -109,10 +110,12 @@ def fit(model: nn.Module, train: BatchLoader, test: BatchLoader, epochs: int, lr
         desc: str = "train", after_epoch: EpochHook | None = None,
         log: Callable[[dict], None] | None = None, lr_schedule: str = "constant",
         checkpoint: Path | None = None, fingerprint: str = "",
-        extra: dict[str, torch.Tensor] | None = None) -> list[dict]:
+        extra: dict[str, torch.Tensor] | None = None, compiled_conv: bool = True) -> list[dict]:
     """Adam + CrossEntropyLoss for ``epochs`` epochs; returns one record per epoch.
 
     ``lr_schedule`` is ``constant`` or ``cosine`` (per step, from ``lr`` down to 0 at the end).
+    ``compiled_conv`` (params ``train.conv_block``) picks how CPU steps compute the conv blocks
+    (:mod:`sparsenet.training_forward`).
 
     Each record holds ``epoch``, ``train_loss``, ``train_accuracy``, ``test_loss``,
     ``test_accuracy``; ``after_epoch(epoch, record)`` may prune the model and add keys to the
@@ -155,7 +158,8 @@ def fit(model: nn.Module, train: BatchLoader, test: BatchLoader, epochs: int, lr
         started = time.perf_counter()
         epoch_desc = f"{desc} epoch {epoch}"
         try:
-            train_loss, train_acc = train_epoch(model, train, optimizer, loss_fn, epoch_desc, scheduler)
+            train_loss, train_acc = train_epoch(model, train, optimizer, loss_fn, epoch_desc, scheduler,
+                                                 compiled_conv)
         except NonFiniteLoss as exc:
             kept = (f"; the last good checkpoint (epoch {len(history)}) is kept in {checkpoint}"
                     if checkpoint is not None and history else "")

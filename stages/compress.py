@@ -31,7 +31,7 @@ def compress(cfg: Config, paths: Paths = Paths()) -> list[dict]:
     if c.epochs:
         resume = resume_args(paths, "compress", cfg, paths.prepared, paths.sparse_model)
         history = fit(net, train, test, c.epochs, c.lr, desc="compress (shared values)", lr_schedule="cosine",
-                      **resume)
+                      compiled_conv=cfg.train.compiled_conv, **resume)
     shared = shared_weights(net)
     untie_weights(net)
     save_checkpoint(paths.compressed_model, compressed_checkpoint(net, shared))

@@ -8,7 +8,7 @@ from sparsenet.analysis import layer_sparsity, overall_sparsity
 from sparsenet.checkpoints import (compact_checkpoint, load_checkpoint, load_model, packed_checkpoint, plain_state,
                                    rewind_state, save_checkpoint)
 from sparsenet.compact import compact
-from sparsenet.config import Config, PruneConfig
+from sparsenet.config import Config
 from sparsenet.data import BatchLoader
 from sparsenet.draws import draw_seed
 from sparsenet.importance import taylor_scores, uses_taylor
@@ -23,9 +23,10 @@ from sparsenet.training import evaluate, fit
 SENSITIVITY_BATCHES = 16  # training batches the sensitivity curves are measured on (2,048 images at 128)
 
 
-def _taylor(net: SparseNet, train: BatchLoader, p: PruneConfig, seed: int, round_index: int) -> dict[str, torch.Tensor]:
+def _taylor(net: SparseNet, train: BatchLoader, cfg: Config, round_index: int) -> dict[str, torch.Tensor]:
     """Taylor scores of ``net`` over ``prune.score_batches`` batches drawn for this round."""
-    return taylor_scores(net, train.sample(p.score_batches, draw_seed(seed, "taylor", round_index)))
+    batches = train.sample(cfg.prune.score_batches, draw_seed(cfg.seed, "taylor", round_index))
+    return taylor_scores(net, batches, cfg.train.compiled_conv)
 
 
 def prune_train(cfg: Config, paths: Paths = Paths()) -> list[dict]:
@@ -77,7 +78,7 @@ def prune_train(cfg: Config, paths: Paths = Paths()) -> list[dict]:
     if p.allocation == "sensitivity":
         curves = measure(net, train.sample(SENSITIVITY_BATCHES, draw_seed(cfg.seed, "sensitivity", 0)), p.method,
                          p.structure, p.criterion, tuple(p.exclude),
-                         taylor=_taylor(net, train, p, cfg.seed, 0) if uses_taylor(p.method, p.criterion) else None,
+                         taylor=_taylor(net, train, cfg, 0) if uses_taylor(p.method, p.criterion) else None,
                          seed=cfg.seed)
         shares = allocate(curves, p.sparsity)
         print("sensitivity allocation: " + ", ".join(f"{name} {share:.3f}" for name, share in shares.items()))
@@ -89,7 +90,7 @@ def prune_train(cfg: Config, paths: Paths = Paths()) -> list[dict]:
             scale = target / p.sparsity if p.sparsity > 0 else 0.0
             prune_model(net, p.method, target, p.structure, p.scope, seed=cfg.seed, round_index=epoch,
                         exclude=tuple(p.exclude), criterion=p.criterion,
-                        taylor=_taylor(net, train, p, cfg.seed, epoch) if uses_taylor(p.method, p.criterion) else None,
+                        taylor=_taylor(net, train, cfg, epoch) if uses_taylor(p.method, p.criterion) else None,
                         layer_amounts=None if shares is None else {k: v * scale for k, v in shares.items()},
                         round_to=p.round_to)
             loss, accuracy = evaluate(net, test)
@@ -107,7 +108,7 @@ def prune_train(cfg: Config, paths: Paths = Paths()) -> list[dict]:
         resume = resume_args(paths, "prune_train", cfg, paths.prepared, paths.dense_model, paths.dense_history)
         history = fit(net, train, test, p.epochs + p.finetune_epochs, p.lr, desc=f"prune_train ({p.method})",
                       after_epoch=prune_after_epoch, log=live_logger(live), lr_schedule=p.lr_schedule,
-                      **resume)
+                      compiled_conv=cfg.train.compiled_conv, **resume)
     state = plain_state(net)
     save_checkpoint(paths.sparse_model, state)
     save_checkpoint(paths.packed_model, packed_checkpoint(state, net.image_size))

@@ -23,7 +23,8 @@ def train_control(cfg: Config, paths: Paths = Paths()) -> list[dict]:
     with new_live(paths.control_log) as live:
         resume = resume_args(paths, "train_control", cfg, paths.prepared, paths.dense_model)
         history = fit(model, train, test, p.epochs + p.finetune_epochs, p.lr, desc="train_control",
-                      log=live_logger(live), lr_schedule=p.lr_schedule, **resume)
+                      log=live_logger(live), lr_schedule=p.lr_schedule,
+                      compiled_conv=cfg.train.compiled_conv, **resume)
     save_checkpoint(paths.control_model, plain_state(model))
     resume["checkpoint"].unlink(missing_ok=True)
     return history

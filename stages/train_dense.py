@@ -26,7 +26,7 @@ def train_dense(cfg: Config, paths: Paths = Paths()) -> list[dict]:
         resume = resume_args(paths, "train_dense", cfg, paths.prepared)
         history = fit(model, train, test, cfg.train.epochs, cfg.train.lr, desc="train_dense",
                       after_epoch=snapshot, log=live_logger(live), lr_schedule=cfg.train.lr_schedule,
-                      extra=snapshots, **resume)
+                      extra=snapshots, compiled_conv=cfg.train.compiled_conv, **resume)
     save_checkpoint(paths.dense_model, plain_state(model))
     save_checkpoint(paths.dense_history, snapshots)
     resume["checkpoint"].unlink(missing_ok=True)

@@ -79,7 +79,7 @@ def train_small(cfg: Config, paths: Paths = Paths()) -> list[dict]:
     with new_live(paths.small_log) as live:
         resume = resume_args(paths, "train_small", cfg, paths.prepared, paths.sparse_model, paths.compact_model)
         history = fit(model, train, test, epochs, cfg.train.lr, desc="train_small", log=live_logger(live),
-                      lr_schedule=cfg.train.lr_schedule, **resume)
+                      lr_schedule=cfg.train.lr_schedule, compiled_conv=cfg.train.compiled_conv, **resume)
     save_checkpoint(paths.small_model, compact_checkpoint(model))
     resume["checkpoint"].unlink(missing_ok=True)
     return history

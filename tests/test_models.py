@@ -1,9 +1,14 @@
+import subprocess
+import sys
+
+import pytest
 import torch
 
 from sparsenet.data import Split, BatchLoader
 from sparsenet.checkpoints import load_checkpoint, save_checkpoint
 from sparsenet.models import LeNet, SparseConv2d, SparseLinear, SparseNet, feature_side
 from sparsenet.pruning import prune_model
+from sparsenet import training_forward
 from sparsenet.training import fit
 
 
@@ -138,7 +143,7 @@ def _trained_after_steps(threads: int, model_type: type[LeNet]) -> dict[str, tor
             images = torch.randn(128, 3, 64, 64, generator=draws).contiguous(memory_format=torch.channels_last)
             labels = torch.randint(0, 10, (128,), generator=draws)
             optimizer.zero_grad()
-            torch.nn.functional.cross_entropy(model(images), labels).backward()
+            torch.nn.functional.cross_entropy(training_forward.forward(model, images), labels).backward()
             optimizer.step()
         return {name: value.detach().clone() for name, value in model.state_dict().items()}
     finally:
@@ -170,8 +175,6 @@ def test_one_thread_restores_the_thread_count():
 def test_measured_accuracy_has_the_same_logits_on_one_thread_and_on_two():
     # A test batch of a few images (7 here) makes PyTorch's BLAS split fc1's product among two
     # threads differently: evaluation computes it as training does.
-    from sparsenet.fixed_threads import pinned
-
     torch.manual_seed(0)
     model = LeNet(num_classes=10, image_size=64).eval()
     images = torch.randn(7, 3, 64, 64)
@@ -180,8 +183,36 @@ def test_measured_accuracy_has_the_same_logits_on_one_thread_and_on_two():
     try:
         for threads in (1, 2):
             torch.set_num_threads(threads)
-            with torch.no_grad(), pinned():
-                logits[threads] = model(images)
+            with torch.no_grad():
+                logits[threads] = training_forward.forward(model, images)
     finally:
         torch.set_num_threads(before)
     assert torch.equal(logits[1], logits[2])
+
+
+def test_the_models_module_loads_no_compiled_code():
+    # model(x) is plain PyTorch: importing and calling the models builds and loads nothing.
+    code = ("import sys, torch; from sparsenet.models import SparseNet; "
+            "SparseNet(num_classes=10, image_size=32)(torch.randn(2, 3, 32, 32)).sum().backward(); "
+            "print(sorted(m for m in sys.modules if m.startswith('sparsenet')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert eval(out) == ["sparsenet", "sparsenet.models", "sparsenet.options"]
+
+
+@pytest.mark.parametrize("conv_block", ["compiled", "pytorch"])
+def test_training_forward_computes_what_the_plain_model_computes(conv_block):
+    torch.manual_seed(0)
+    model = SparseNet(num_classes=10, image_size=64).to(memory_format=torch.channels_last)
+    model.conv1.set_mask(torch.rand_like(model.conv1.weight) > 0.5)
+    images = torch.randn(16, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    labels = torch.randint(0, 10, (16,))
+    grads = []
+    for forward in (model, lambda x: training_forward.forward(model, x, conv_block == "compiled")):
+        model.zero_grad()
+        loss = torch.nn.functional.cross_entropy(forward(images), labels)
+        loss.backward()
+        grads.append({name: p.grad.clone() for name, p in model.named_parameters()})
+        grads[-1]["loss"] = loss.detach()
+    plain, trained = grads
+    for name in plain:
+        torch.testing.assert_close(trained[name], plain[name], rtol=1e-4, atol=1e-5, msg=name)

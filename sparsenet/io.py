@@ -14,8 +14,10 @@ import ctypes
 import io
 import json
 import os
+import re
 import secrets
 import shutil
+import socket
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
@@ -94,18 +96,42 @@ def _exchange(a: Path, b: Path) -> bool:
     return result == 0
 
 
+def _side(path: Path, kind: str) -> Path:
+    """A new name beside ``path`` for one writer's side folder: unique, and naming the writer's host
+    and process, so a later writer can tell an abandoned one from one still being written."""
+    return path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(4)}.{kind}")
+
+
+def _remove_abandoned(path: Path) -> None:
+    """Delete the side folders of ``path`` left by writers of this host whose process is gone (killed)."""
+    name, host = re.escape(path.name), re.escape(socket.gethostname())
+    pattern = re.compile(rf"\.{name}\.{host}\.(\d+)\.[0-9a-f]{{8}}\.(partial|old)")
+    for side in path.parent.iterdir():
+        match = pattern.fullmatch(side.name)
+        if match is None:
+            continue
+        try:
+            os.kill(int(match[1]), 0)  # signal 0: only asks whether the process exists
+        except ProcessLookupError:
+            shutil.rmtree(side, ignore_errors=True)
+        except PermissionError:  # alive, another user's
+            pass
+
+
 @contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield an empty side folder that replaces the folder ``path`` whole, only if the block succeeds.
 
     For outputs of many files (the prepared arrays, dvclive logs): a kill leaves the old folder or
     the complete new one, never a mix.  On Linux the two folders are swapped in one atomic step;
-    elsewhere the old one is moved aside to ``.<name>.old`` for the instant of the swap.
+    elsewhere the old one is moved aside for the instant of the swap.  Each writer has side folders
+    of its own (two writers at once do not share one: the last to finish wins); those of a killed
+    writer are deleted by the next writer on the same host.
     """
     path = Path(path)
     make_dirs(path.parent)
-    partial, old = path.with_name(f".{path.name}.partial"), path.with_name(f".{path.name}.old")
-    shutil.rmtree(partial, ignore_errors=True)
+    _remove_abandoned(path)
+    partial, old = _side(path, "partial"), _side(path, "old")
     partial.mkdir()
     try:
         yield partial
@@ -113,7 +139,6 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
-    shutil.rmtree(old, ignore_errors=True)
     if path.is_dir() and _exchange(partial, path):
         fsync_path(path.parent)
         if partial.is_symlink():  # the old ``path`` was a link to a folder

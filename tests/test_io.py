@@ -152,3 +152,48 @@ def test_new_folders_are_flushed_into_their_parents(tmp_path, monkeypatch):
     flushed = [e[1] for e in events if e[0] == "fsync"]
     assert flushed.index(str(tmp_path)) < flushed.index(str(tmp_path / "metrics")), "metrics/ is recorded in tmp/"
     assert str(tmp_path / "metrics" / "deep") in flushed
+
+
+def test_two_writers_of_one_folder_do_not_clobber_each_other(tmp_path):
+    from sparsenet.io import atomic_dir
+
+    target = tmp_path / "prepared"
+    with atomic_dir(target) as first:
+        (first / "who").write_text("first")
+        with atomic_dir(target) as second:  # a second writer starts while the first is writing
+            assert not list(second.iterdir())
+            (second / "who").write_text("second")
+        assert (target / "who").read_text() == "second"
+        assert (first / "who").read_text() == "first", "the second writer took the first one's folder"
+    assert (target / "who").read_text() == "first"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prepared"]
+
+
+HOLDER = """
+import sys, time
+from sparsenet.io import atomic_dir
+with atomic_dir(sys.argv[1]) as side:
+    (side / "half").write_text("half")
+    print(side, flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_killed_writers_side_folder_is_removed_by_the_next_writer_a_living_ones_kept(tmp_path):
+    from sparsenet.io import atomic_dir
+
+    target = tmp_path / "prepared"
+    writer = subprocess.Popen([sys.executable, "-c", HOLDER, str(target)], stdout=subprocess.PIPE, text=True)
+    try:
+        side = writer.stdout.readline().strip()
+        assert (tmp_path / side).is_dir()
+        with atomic_dir(target) as partial:
+            (partial / "a").write_text("a")
+        assert os.path.isdir(side), "a writer still at work lost its folder"
+    finally:
+        writer.kill()
+        writer.wait()
+    with atomic_dir(target) as partial:
+        (partial / "b").write_text("b")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prepared"]
+    assert [p.name for p in target.iterdir()] == ["b"]

@@ -1,6 +1,10 @@
 """The frontier's rows, lines, aggregation over seeds and tables, from experiment records built
 here (reading them from DVC is tests/test_sweep.py's, with real DVC)."""
 
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
 import pytest
 
 from sparsenet.experiments import Experiment, with_sets
@@ -269,3 +273,101 @@ def test_a_relative_git_remote_reaches_the_clones_as_an_absolute_path(tmp_path, 
     assert _git_remote(root, "shared", None) == str(bare.resolve())      # a remote's name, its URL relative
     assert _git_remote(root, "../shared.git", None) == str(bare.resolve())  # a relative path, from here
     assert _git_remote(root, "ssh://git.example/x.git", None) == "ssh://git.example/x.git"
+
+
+# The frontier figure: properties one can check without looking at it.
+
+FRONTIER_CSV = Path(__file__).resolve().parents[1] / "results" / "frontier" / "frontier.csv"
+
+
+def drawn(means: list[dict]):
+    """The figure drawn, its panels and, per panel, the points of every line (by its row)."""
+    from sparsenet.plots import draw_frontier
+
+    fig = draw_frontier(means)
+    fig.canvas.draw()  # the legends' and labels' places are final only once drawn
+    points = [{line.get_gid(): line for line in ax.get_lines()
+               if line.get_gid() and not line.get_gid().startswith("collapsed: ")} for ax in fig.axes]
+    return fig, fig.axes, points
+
+
+def overlaps(a, b) -> bool:
+    return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
+
+
+def test_the_committed_frontier_has_a_panel_per_structure_on_a_log_axis_of_weights_kept():
+    import matplotlib.pyplot as plt
+
+    means = pd.read_csv(FRONTIER_CSV).to_dict("records")
+    fig, axes, points = drawn(means)
+    assert [ax.get_title().split(":")[0] for ax in axes] == ["unstructured", "structured"]
+    table = pd.read_csv(FRONTIER_CSV).fillna({"accuracy_std": 0})
+    table["name"] = table["kind"] + ": " + table["line"]
+    rows = set(table.loc[table["kind"].isin(["pruned", "small"]), "name"])
+    assert set(points[0]) | set(points[1]) == rows and not set(points[0]) & set(points[1])  # each line once
+    assert all(name.startswith(("pruned: structured", "small: small dense, from scratch (widths of structured"))
+               for name in points[1])
+    for ax, lines in zip(axes, points):
+        left, right = ax.get_xlim()
+        assert ax.get_xscale() == "log" and left > right  # more kept on the left, sparser to the right
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["50%", "30%", "20%", "10%", "5%", "2%"]
+        assert all(right < x < left for line in lines.values() for x in line.get_xdata())
+        legend = [t.get_text() for t in ax.get_legend().get_texts()]
+        assert len(legend) <= 8 and sum(text.startswith("control") for text in legend) == 1
+        bottom, top = ax.get_ylim()
+        ys = np.concatenate([line.get_ydata() for line in lines.values()])
+        collapsed = ys[ys < bottom]
+        assert (ys <= top).all() and len(collapsed) == len(
+            [line for line in ax.get_lines() if (line.get_gid() or "").startswith("collapsed: ")])
+        assert (collapsed < 70.92).all()  # off the axis only when 20 points below the dense model (90.92)
+        shown = table[table["name"].isin(list(lines)) & (100 * table["accuracy_mean"] >= bottom)]
+        bars = 100 * (shown["accuracy_mean"] - shown["accuracy_std"]), 100 * (shown["accuracy_mean"] + shown["accuracy_std"])
+        assert bottom <= bars[0].min() and bars[1].max() <= top  # the error bars of every point shown, whole
+        assert bottom > bars[0].min() - 0.1 * (top - bottom)  # and the axis ends where they do
+        box = ax.get_legend().get_window_extent()
+        xy = np.concatenate([line.get_xydata() for line in lines.values()])
+        pixels = ax.transData.transform(xy[xy[:, 1] >= bottom])
+        assert not [p for p in pixels if box.x0 <= p[0] <= box.x1 and box.y0 <= p[1] <= box.y1]  # hides no point
+        labels = [text.get_window_extent() for text in ax.texts if "\n" not in text.get_text()]
+        assert not [(a, b) for i, a in enumerate(labels) for b in labels[i + 1:] if overlaps(a, b)]
+        assert not [label for label in labels if overlaps(label, box)]
+    assert points[0]["pruned: random (global)"].get_ydata().min() < axes[0].get_ylim()[0]  # 52% at 2%: marked
+    assert axes[0].get_ylim()[0] > 70  # and the panel keeps to where magnitude and taylor are
+    assert "52.4 ± 5.1" in [text.get_text() for text in axes[0].texts]
+    plt.close(fig)
+
+
+def test_variants_beyond_the_legends_room_are_numbered_on_the_plot_and_listed_under_it():
+    import matplotlib.pyplot as plt
+
+    experiments = three_seeds() + three_seeds("random") + [record("lone", "taylor", 0.5, 0.9)]
+    experiments += [record(f"e{epochs}", "magnitude", 0.9, 0.9 - epochs / 1000, epochs=epochs) for epochs in range(4, 12)]
+    means = aggregate(collect_runs(experiments))
+    fig, (ax,), (lines,) = drawn(means)  # nothing structured: one panel
+    rows = {f"{m['kind']}: {m['line']}" for m in means if m["kind"] in ("pruned", "small")}
+    assert set(lines) == rows and len(rows) == 20  # 8 epochs variants of magnitude and of its small model
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert len(legend) <= 8 and "hollow: fewer than 3 seeds" in legend  # taylor ran once
+    assert sum(text.startswith(("dense", "control", "hollow")) for text in legend) == 3
+    note = next(text.get_text() for text in ax.texts if "numbered" in text.get_text())
+    listed = [line.split(": ", 1)[1] for line in note.splitlines() if line.startswith("  ")]
+    assert len(listed) + len(legend) - 3 == len(rows)  # every other line is numbered and listed
+    assert "magnitude (global), epochs 11" in listed
+    numbers = {text.get_text() for text in ax.texts if "\n" not in text.get_text()}
+    assert {n for text in numbers for n in text.split(", ")} == {str(i) for i in range(1, len(listed) + 1)}
+    bottom, top = ax.get_ylim()
+    assert all(bottom <= y <= top for line in lines.values() for y in line.get_ydata())
+    plt.close(fig)
+
+
+def test_a_collapsed_point_is_marked_at_the_edge_instead_of_stretching_the_axis():
+    import matplotlib.pyplot as plt
+
+    experiments = three_seeds() + [record(f"bad-s{seed}", "random", 0.9, 0.1, seed) for seed in range(3)]
+    fig, (ax,), (lines,) = drawn(aggregate(collect_runs(experiments)))
+    bottom, _ = ax.get_ylim()
+    assert bottom > 70 and lines["pruned: random (global)"].get_ydata()[0] == pytest.approx(10)
+    (marker,) = [line for line in ax.get_lines() if line.get_gid() == "collapsed: random (global)"]
+    assert marker.get_ydata()[0] == bottom and not marker.get_clip_on()
+    assert "10.0" in [text.get_text() for text in ax.texts]
+    plt.close(fig)

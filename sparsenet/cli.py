@@ -8,6 +8,7 @@
     sparsenet bench-sweep threads|throughput # a sweep's threads per point; points per hour against DVC's queue
     sparsenet bench-data decode|memory|epoch # prepare's images/s and peak memory; epochs from the memory map
     sparsenet sensitivity                    # each layer pruned alone: accuracy curves (plots/sensitivity.*)
+    sparsenet readme [--check]               # README.md's and docs/' result tables rendered from the committed files
 
 The step sub-commands run exactly what ``dvc repro`` runs (the step of ``stages/<step>.py`` in the
 working directory, through the same :func:`sparsenet.stage.run_stage`), but outside DVC: nothing is
@@ -30,7 +31,8 @@ from sparsenet.errors import SparseNetError, one_line_errors
 STEPS = ("prepare", "train_dense", "prune_train", "train_control", "train_small", "compress", "evaluate", "visualize")
 TOOLS = {"summary": "sparsenet.summary", "bench": "sparsenet.bench", "bench-sweep": "sparsenet.bench_sweep",
          "bench-data": "sparsenet.bench_data",
-         "frontier": "sparsenet.frontier", "sensitivity": "sparsenet.sensitivity_tool"}  # sub-command → module with its own main()
+         "frontier": "sparsenet.frontier", "sensitivity": "sparsenet.sensitivity_tool",
+         "readme": "sparsenet.readme"}  # sub-command → module with its own main()
 
 
 def inspect_checkpoint(path: Path) -> None:

@@ -18,7 +18,6 @@ Measured, each as a ratio of two timings taken in this same process:
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import tempfile
 import time
@@ -38,6 +37,7 @@ from sparsenet.data import BatchLoader, Split
 from sparsenet.prepared import load_prepared
 from sparsenet.sources import make_synthetic
 from sparsenet.io import write_json
+from sparsenet.machine import machine
 from sparsenet.models import LeNet, SparseNet, default_device, enforce_masks_after_steps
 from sparsenet.options import LAYER_NAMES
 from sparsenet.pruning import prune_model
@@ -155,17 +155,6 @@ def layer_milliseconds(models: dict[str, nn.Module], image_size: int, batch_size
     return result
 
 
-def cpu_name() -> str:
-    """The processor's model name (Linux), else what the platform module knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def matmul_gflops(size: int = 1024, repeats: int = 5) -> float:
     a, b = torch.randn(size, size), torch.randn(size, size)
     return 2 * size ** 3 / _median_seconds(lambda: a @ b, repeats) / 1e9
@@ -228,10 +217,7 @@ def run(images: int, batch_size: int, repeats: int, prepared: Path | None, model
     split = Split(dataset.train.images[:images], dataset.train.labels[:images])  # as training gets it: mapped
     size, classes = split.images.shape[-1], len(dataset.classes)
     loader = BatchLoader(split, batch_size, mean, std, device, shuffle=True)
-    results: dict = {"machine": {"platform": platform.platform(), "processor": cpu_name(),
-                                 "threads": torch.get_num_threads(), "device": str(device),
-                                 "torch": torch.__version__},
-                     "data": source, "images": len(split), "batch_size": batch_size}
+    results: dict = {"machine": machine(device), "data": source, "images": len(split), "batch_size": batch_size}
 
     # Training data path.
     dense = LeNet(classes, size).to(device, memory_format=torch.channels_last)

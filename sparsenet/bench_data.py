@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> None:
     with one_line_errors():
         if args.images < 40 or args.repeats < 1:
             raise SparseNetError("--images: expected at least 40; --repeats: at least 1")
-        from sparsenet.bench_sweep import machine
+        from sparsenet.machine import machine
 
         args.work.mkdir(parents=True, exist_ok=True)
         if args.what == "decode":

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -38,16 +37,7 @@ from sparsenet.errors import SparseNetError, one_line_errors
 from sparsenet.experiments import dvc_env, finished, git
 from sparsenet.frontier import experiment_name, sweep_points
 from sparsenet.io import write_json
-
-
-def machine() -> dict:
-    """What a timing needs beside it: processor, cores, platform, torch."""
-    import torch
-
-    from sparsenet.bench import cpu_name
-
-    return {"processor": cpu_name(), "cores": len(os.sched_getaffinity(0)), "platform": platform.platform(),
-            "torch": torch.__version__}
+from sparsenet.machine import machine
 
 
 def _clone(root: Path, into: Path) -> Path:

@@ -24,9 +24,8 @@ from importlib import import_module
 from pathlib import Path
 
 from sparsenet import analysis
-from sparsenet.checkpoints import (FOREIGN_FILE_ERRORS, is_sparse, lenet_from_state_dict, load_checkpoint, model_kind,
-                                   unwrap)
-from sparsenet.errors import SparseNetError, one_line_errors
+from sparsenet.checkpoints import is_sparse, lenet_from_state_dict, load_checkpoint, model_kind, unwrap
+from sparsenet.errors import FOREIGN_FILE_ERRORS, SparseNetError, one_line_errors
 
 STEPS = ("prepare", "train_dense", "prune_train", "train_control", "train_small", "compress", "evaluate", "visualize")
 TOOLS = {"summary": "sparsenet.summary", "bench": "sparsenet.bench", "bench-sweep": "sparsenet.bench_sweep",

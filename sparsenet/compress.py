@@ -5,7 +5,7 @@ Each layer's kept weights are clustered by 1-D k-means into at most ``2**bits`` 
 (:func:`tie_weights`), a layer's weight is a function of its centroids, so training moves the
 centroids: each one by the summed gradient of the weights that share it, Han et al.'s centroid
 fine-tuning.  The masks never change.  How the tied model is stored (the codes and index gaps,
-Huffman-coded) is :func:`sparsenet.checkpoints.compressed_checkpoint`'s business.
+Huffman-coded) is :func:`sparsenet.compressed.compressed_checkpoint`'s business.
 """
 
 from __future__ import annotations

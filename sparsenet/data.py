@@ -10,79 +10,15 @@ keeps the prepared data 3× smaller at no training cost.  Where the data comes f
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import torch
 
-from sparsenet.errors import SparseNetError
+from sparsenet.memory import available_memory
+
 
 MODEL_CHANNELS = 3
-
-
-def available_memory() -> int | None:
-    """Bytes this process can still allocate (None if unknown): the least of the machine's free
-    memory, the process's data and address-space limits (``ulimit``) and its cgroup's limit."""
-    meminfo = _kib_fields("/proc/meminfo")
-    status = _kib_fields("/proc/self/status")
-    candidates = []
-    if "MemAvailable" in meminfo:
-        candidates.append(meminfo["MemAvailable"])
-    try:
-        import resource
-
-        for limit, used in ((resource.RLIMIT_DATA, "VmData"), (resource.RLIMIT_AS, "VmSize")):
-            soft = resource.getrlimit(limit)[0]
-            if soft != resource.RLIM_INFINITY and used in status:
-                candidates.append(max(soft - status[used], 0))
-    except (ImportError, OSError, ValueError):
-        pass
-    candidates.extend(_cgroup_room())
-    return min(candidates) if candidates else None
-
-
-def _kib_fields(path: str) -> dict[str, int]:
-    """``Name: <n> kB`` lines of a /proc file, in bytes."""
-    fields_ = {}
-    try:
-        with open(path, encoding="ascii") as fh:
-            for line in fh:
-                name, _, rest = line.partition(":")
-                parts = rest.split()
-                if len(parts) == 2 and parts[1] == "kB" and parts[0].isdigit():
-                    fields_[name] = int(parts[0]) * 1024
-    except OSError:
-        pass
-    return fields_
-
-
-def _cgroup_room() -> list[int]:
-    """Memory left under this process's cgroup (v2) limit, if it has one."""
-    try:
-        with open("/proc/self/cgroup", encoding="ascii") as fh:
-            path = next((line.strip()[3:] for line in fh if line.startswith("0::")), None)
-        if path is None:
-            return []
-        folder = Path("/sys/fs/cgroup") / path.lstrip("/")
-        limit = (folder / "memory.max").read_text().strip()
-        if limit == "max":
-            return []
-        return [max(int(limit) - int((folder / "memory.current").read_text()), 0)]
-    except (OSError, ValueError):
-        return []
-
-
-def check_memory(images: int, channels: int, image_size: int) -> None:
-    """Stop with one line before holding ``images`` uint8 arrays of C×S×S that cannot fit in memory
-    (a dataset collected in memory; ``prepare`` writes to disk and checks the disk instead)."""
-    needed = images * channels * image_size * image_size
-    available = available_memory()
-    if available is not None and needed > available:
-        raise SparseNetError(
-            f"data.image_size = {image_size}: the prepared arrays would take {needed / 2**30:,.1f} GiB "
-            f"({images:,} images of {channels}x{image_size}x{image_size}), more than the "
-            f"{available / 2**30:,.1f} GiB of memory available; lower data.image_size or use fewer images")
 
 
 @dataclass

@@ -8,6 +8,10 @@ from typing import Iterator
 
 EXIT_USER_ERROR = 2
 
+# What reading a foreign or crafted file's contents as a model can raise (beyond torch's own
+# errors on load): each ends as one error line naming the file.
+FOREIGN_FILE_ERRORS = (ValueError, TypeError, AttributeError, KeyError, IndexError, RuntimeError, OverflowError)
+
 
 class SparseNetError(Exception):
     """A user-facing problem: bad parameter, missing data, unreadable checkpoint."""

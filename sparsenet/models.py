@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sparsenet.options import LAYER_NAMES
+from sparsenet.options import LAYER_NAMES  # noqa: F401 (the layer names, with the model they name)
 
 # Widths of the classic LeNet: conv1 filters, conv2 filters, fc1 units, fc2 units.
 LENET_WIDTHS: tuple[int, int, int, int] = (6, 16, 120, 84)

@@ -80,9 +80,11 @@ def write_report(cfg: Config, metrics: dict, speed: dict, figures: list[Path], o
                   f"{compressed['times_smaller_than_dense']:.1f}x smaller**, at "
                   f"{-compressed['accuracy_drop_vs_sparse'] * 100:+.2f} points vs the pruned model."]
     up = speed.get("speedup")
-    if isinstance(up, dict) and "batch1_p50_latency_ratio" in speed:
+    if isinstance(up, dict) and "batch1_p50_latency_ratio" in speed and "machine" in speed:
         on = "on the engine" if speed.get("engine") != "pytorch" else "on the engine's PyTorch fallback"
-        lines += ["", f"Inference at batch {speed['batch_size']} on {speed['device']}, {speed['threads']} threads: "
+        where = speed["machine"]
+        lines += ["", f"Inference at batch {speed['batch_size']} on {where['device']} ({where['processor']}, "
+                  f"{where['threads']} threads, torch {where['torch']}): "
                   f"the sparse model {on} runs **{up['sparse_engine_vs_dense_eager']:.2f}x** the dense "
                   f"model in PyTorch and {up['sparse_engine_vs_dense_engine']:.2f}x the dense model {on}; "
                   f"the compact model (widths {metrics['compact']['widths']}) {on} "

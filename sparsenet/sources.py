@@ -30,7 +30,8 @@ import torch
 import torch.nn.functional as F
 
 from sparsenet.config import DataConfig
-from sparsenet.data import Dataset, Split, check_memory
+from sparsenet.data import Dataset, Split
+from sparsenet.memory import check_memory
 from sparsenet.decode import decode_files, digest
 from sparsenet.errors import SparseNetError
 from sparsenet.prepared import SPLITS, Chunk, Duplicates, Source

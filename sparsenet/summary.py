@@ -52,11 +52,13 @@ def main(argv: list[str] | None = None) -> None:
         if speed_path.is_file():
             speed = read_json(speed_path)
             up = speed.get("speedup")
-            if not isinstance(up, dict) or "engine" not in speed:
+            if not isinstance(up, dict) or "engine" not in speed or "machine" not in speed:
                 print(f"{speed_path} is from an older release: re-run dvc repro for the speed figures")
             else:
                 on = "on the engine" if speed["engine"] != "pytorch" else "on the engine's PyTorch fallback"
-                print(f"inference speed ({speed['device']}, batch {speed['batch_size']}, engine: {speed['engine']}): "
+                where = speed["machine"]
+                print(f"inference speed ({where['device']}, {where['processor']}, {where['threads']} threads, batch "
+                      f"{speed['batch_size']}, engine: {speed['engine']}): "
                       f"sparse {on} {up['sparse_engine_vs_dense_eager']:.2f}x dense PyTorch, "
                       f"{up['sparse_engine_vs_dense_engine']:.2f}x dense {on}; compact {on} "
                       f"{up['compact_engine_vs_dense_engine']:.2f}x dense {on}")

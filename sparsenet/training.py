@@ -14,7 +14,7 @@ from torch import nn
 from tqdm import tqdm
 
 from sparsenet import training_forward
-from sparsenet.checkpoints import load_resume_state, save_resume_state
+from sparsenet.resume import load_resume_state, save_resume_state
 from sparsenet.errors import SparseNetError
 from sparsenet.models import enforce_masks_after_steps
 from sparsenet.options import LR_SCHEDULES

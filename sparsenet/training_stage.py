@@ -20,6 +20,7 @@ from sparsenet.config import Config
 from sparsenet.data import BatchLoader, Dataset
 from sparsenet.prepared import load_prepared
 from sparsenet.io import atomic_dir
+from sparsenet.machine import cpu_name
 from sparsenet.models import default_device
 from sparsenet.stage import Paths
 from sparsenet.training import EVAL_BATCH_SIZE, seed_everything
@@ -118,13 +119,7 @@ def _device_name() -> str:
     device = default_device()
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    model = ""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-            model = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), "")
-    except OSError:
-        pass
-    return (f"cpu {platform.machine()} {model or platform.processor()} {torch.backends.cpu.get_cpu_capability()}"
+    return (f"cpu {platform.machine()} {cpu_name()} {torch.backends.cpu.get_cpu_capability()}"
             f" training block: {conv_block.runs_on()}")
 
 

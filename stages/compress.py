@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from sparsenet.checkpoints import compressed_checkpoint, load_model, save_checkpoint
+from sparsenet.checkpoints import load_model, save_checkpoint
+from sparsenet.compressed import compressed_checkpoint
 from sparsenet.compress import shared_weights, tie_weights, untie_weights
 from sparsenet.config import Config
 from sparsenet.stage import Paths
@@ -19,7 +20,7 @@ def compress(cfg: Config, paths: Paths = Paths()) -> list[dict]:
     biases (Adam at ``compress.lr``, cosine schedule down to 0), the masks and each weight's
     cluster fixed, with the seed and batch order of the other training stages.  The result is
     stored with its codes and index gaps Huffman-coded
-    (:func:`sparsenet.checkpoints.compressed_checkpoint`).  Returns one record per epoch.
+    (:func:`sparsenet.compressed.compressed_checkpoint`).  Returns one record per epoch.
     """
     dataset, train, test = training_start(cfg, paths)
     net = load_model(paths.sparse_model, True, dataset.image_size, len(dataset.classes))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from sparsenet.analysis import layer_sparsity, overall_sparsity
-from sparsenet.checkpoints import (compact_checkpoint, load_checkpoint, load_model, packed_checkpoint, plain_state,
-                                   rewind_state, save_checkpoint)
+from sparsenet.checkpoints import (compact_checkpoint, load_checkpoint, load_model, plain_state, rewind_state, save_checkpoint)
+from sparsenet.packed import packed_checkpoint
 from sparsenet.compact import compact
 from sparsenet.config import Config
 from sparsenet.data import BatchLoader
@@ -52,7 +52,7 @@ def prune_train(cfg: Config, paths: Paths = Paths()) -> list[dict]:
     holds ``sparsity`` (over the layers the target covers) and ``sparsity_all_layers``.
 
     ``models/packed.pt`` is the same model without its zeros (see
-    :func:`sparsenet.checkpoints.packed_checkpoint`).
+    :func:`sparsenet.packed.packed_checkpoint`).
     """
     dataset, train, test = training_start(cfg, paths)
     dense = load_model(paths.dense_model, False, dataset.image_size, len(dataset.classes))

@@ -1,4 +1,7 @@
 import json
+import math
+
+import pytest
 
 from sparsenet import bench
 
@@ -8,13 +11,26 @@ def test_benchmark_runs_and_writes_every_ratio(tmp_path):
     bench.main(["--quick", "--prepared", str(tmp_path / "none"), "--models", str(tmp_path / "none"), "--out", str(out)])
     results = json.loads(out.read_text())
     assert results["data"] == "synthetic"
-    ratios = [results["training_data_path"]["pipeline_vs_compute_bound"],
-              results["training_data_path"]["loader_vs_naive_loader"],
-              results["training_step"]["sparse_vs_dense"],
-              *results["inference"]["speedup"].values(),
-              results["flops"]["fraction_of_matmul"]]
-    assert all(ratio > 0 for ratio in ratios)
-    inference = results["inference"]
+    # Each ratio is the quotient of the two measurements it is named after (an inverted or
+    # mislabelled ratio fails here), and every measurement is a finite positive number.
+    path, step, inference, flops = (results[k] for k in ("training_data_path", "training_step", "inference", "flops"))
+    expected = {
+        "pipeline_vs_compute_bound": (path["pipeline_vs_compute_bound"], path["pipeline_img_s"], path["compute_bound_img_s"]),
+        "loader_vs_naive_loader": (path["loader_vs_naive_loader"], path["loader_only_img_s"], path["naive_loader_only_img_s"]),
+        "training_vs_naive_training": (path["training_vs_naive_training"], path["pipeline_img_s"],
+                                       path["naive_training_img_s"]),
+        "sparse_vs_dense": (step["sparse_vs_dense"], step["sparse_ms"], step["dense_ms"]),
+        "fraction_of_matmul": (flops["fraction_of_matmul"], flops["lenet_training_gflops"], flops["matmul_gflops"]),
+        **{name: (ratio, inference["images_per_second"][name.split("_vs_")[0]],
+                  inference["images_per_second"][name.split("_vs_")[1]])
+           for name, ratio in inference["speedup"].items()},
+    }
+    assert set(inference["speedup"]) == {"sparse_engine_vs_dense_eager", "sparse_engine_vs_dense_engine",
+                                         "compact_engine_vs_dense_engine", "compact_engine_vs_dense_eager",
+                                         "compact_eager_vs_dense_eager", "dense_engine_vs_dense_eager"}
+    for name, (ratio, numerator, denominator) in expected.items():
+        assert math.isfinite(numerator) and math.isfinite(denominator) and numerator > 0 and denominator > 0, name
+        assert ratio == pytest.approx(numerator / denominator, rel=1e-9), name
     assert inference["models"] == "fresh LeNet, 95% magnitude-pruned"
     assert inference["compact_widths"] == [3, 8, 60, 42]
     assert set(inference["images_per_second"]) == {f"{m}_{how}" for m in ("dense", "sparse", "compact")

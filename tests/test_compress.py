@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from sparsenet.checkpoints import (compressed_checkpoint, huffman_decode, huffman_encode, lenet_from_state_dict,
-                                   load_checkpoint, load_model, packed_checkpoint, same_tensors, save_checkpoint)
+from sparsenet.checkpoints import lenet_from_state_dict, load_checkpoint, load_model, save_checkpoint
+from sparsenet.compressed import compressed_checkpoint, huffman_decode, huffman_encode
+from sparsenet.packed import packed_checkpoint, same_tensors
 from sparsenet.compress import kmeans_1d, shared_weights, tie_weights, untie_weights
 from sparsenet.config import ConfigError, config_from_dict
 from sparsenet.data import BatchLoader

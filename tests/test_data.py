@@ -190,7 +190,7 @@ def test_synthetic_and_idx_sources_are_checked_for_duplicates_too(tmp_path):
 # --------------------------------------------------------------------------- memory and statistics
 
 def test_arrays_that_cannot_fit_in_memory_are_refused_before_allocating():
-    from sparsenet.data import available_memory
+    from sparsenet.memory import available_memory
 
     assert available_memory() and available_memory() > 0
     with pytest.raises(SparseNetError) as err:  # 2M images of 3x512x512: 1.5 TiB
@@ -204,10 +204,10 @@ def memory_limit(headroom: int = 64 * 2**20):
     """Lower this process's soft data limit to what it uses now plus ``headroom`` bytes."""
     import resource
 
-    from sparsenet.data import _kib_fields
+    import psutil
 
     soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
-    used = _kib_fields("/proc/self/status")["VmData"]
+    used = psutil.Process().memory_info().data
     resource.setrlimit(resource.RLIMIT_DATA, (used + headroom, hard))
     try:
         yield

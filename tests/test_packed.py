@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from sparsenet.checkpoints import (index_gaps, lenet_from_state_dict, load_packed, pack_positions, packed_checkpoint,
-                                   plain_state, positions_from_gaps, same_tensors, save_checkpoint)
+from sparsenet.checkpoints import lenet_from_state_dict, load_packed, plain_state, save_checkpoint
+from sparsenet.packed import index_gaps, pack_positions, packed_checkpoint, positions_from_gaps, same_tensors
 from sparsenet.compact import compact
 from sparsenet.errors import SparseNetError
 from sparsenet.models import LeNet, SparseNet

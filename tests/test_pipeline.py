@@ -113,7 +113,7 @@ def test_repro_again_is_a_no_op_and_the_summary_reads_the_results(project):
     again = run(dvc("repro"), root, env)
     assert "Running stage" not in again.stdout
     for stage in ("prepare", "train_dense", "prune_train", "train_control", "train_small", "compress", "evaluate",
-                  "visualize"):
+                  "speed", "visualize"):
         # not "is cached - skipping run, checking out outputs": a run-cache restore is no no-op
         assert f"Stage '{stage}' didn't change, skipping" in again.stdout, stage
     assert "is cached" not in again.stdout
@@ -128,7 +128,7 @@ def test_repro_again_is_a_no_op_and_the_summary_reads_the_results(project):
 def test_repro_runs_every_stage_and_writes_metrics(project):
     root, _, repro, _ = project
     for stage in ("prepare", "train_dense", "prune_train", "train_control", "train_small", "compress", "evaluate",
-                  "visualize"):
+                  "speed", "visualize"):
         assert f"Running stage '{stage}'" in repro.stdout
     metrics = json.loads((root / "metrics" / "evaluate.json").read_text())
     assert 0.25 < metrics["dense"]["accuracy"] <= 1.0
@@ -157,6 +157,10 @@ def test_repro_runs_every_stage_and_writes_metrics(project):
     assert set(speed["engine_prediction_agreement"]) == {"dense", "sparse", "compact"}
     assert min(speed["engine_prediction_agreement"].values()) >= 0.9995
     assert max(speed["engine_max_abs_logit_difference"].values()) < 1e-4
+    # Timings carry their machine; the deterministic metrics carry no timing.
+    assert set(speed["machine"]) == {"processor", "cores", "threads", "device", "platform", "torch"}
+    assert speed["machine"]["threads"] >= 1 and speed["machine"]["torch"] == torch.__version__
+    assert not {"images_per_second", "speedup", "batch1_latency_ms"} & {k for m in metrics.values() for k in m}
 
 
 def test_repro_writes_checkpoints_logs_and_plots(project):
@@ -282,7 +286,7 @@ def test_exp_run_reruns_only_the_stages_that_read_prune_params(project):
     assert "Running stage 'prepare'" not in exp.stdout
     assert "Running stage 'train_dense'" not in exp.stdout
     assert "Running stage 'train_control'" not in exp.stdout
-    for stage in ("prune_train", "train_small", "compress", "evaluate", "visualize"):
+    for stage in ("prune_train", "train_small", "compress", "evaluate", "speed", "visualize"):
         assert f"Running stage '{stage}'" in exp.stdout
     diff = json.loads(run(dvc("metrics", "diff", "--all", "--json"), root, env).stdout)
     sparse_accuracy = diff["metrics/evaluate.json"]["sparse.accuracy"]

@@ -33,8 +33,9 @@ import pandas as pd
 from sparsenet.errors import SparseNetError, one_line_errors
 from sparsenet.io import write_text
 
-BLOCK = re.compile(r"(<!-- rendered: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- end rendered -->)", re.S)
-OPENING = "<!-- rendered:"
+# A block's markers stand on lines of their own (a marker quoted inside a line is text).
+BLOCK = re.compile(r"^(<!-- rendered: (?P<name>[\w-]+) -->\n)(?P<body>.*?)^(<!-- end rendered -->)$", re.S | re.M)
+OPENING = re.compile(r"^<!-- rendered:", re.M)
 UNKNOWN_COMMIT = "?"  # frontier.csv's mark for a run recorded without its commit
 DAGGER = "† includes runs recorded without their commit (`results/frontier/frontier_runs.csv`)."
 
@@ -142,6 +143,15 @@ def speed(speed: dict) -> str:
     return text
 
 
+def engine_agreement(speed: dict) -> str:
+    """How closely the engine reproduces each model on the test set."""
+    agreement, difference = speed["engine_prediction_agreement"], speed["engine_max_abs_logit_difference"]
+    rows = [[model, speed.get("engines", {}).get(model, speed.get("engine", "?")), pct(agreement[model]),
+             f"{difference[model]:.1e}"] for model in agreement]
+    return ("`metrics/speed.json`: the engine against the PyTorch model on the prepared test set.\n\n"
+            + table(["model", "ran on", "same predicted class", "largest logit difference"], rows))
+
+
 # --- the frontier over seeds: results/frontier/ -----------------------------------------------------------
 
 HEADLINE = {  # row label → frontier.csv line
@@ -154,7 +164,8 @@ HEADLINE = {  # row label → frontier.csv line
         "small dense, from scratch (parameters of the pruned model)",
     "small dense from scratch, the structured model's widths": "small dense, from scratch (widths of structured (filters))",
 }
-STRUCTURED_WIDTHS = "small dense, from scratch (widths of structured (filters))"
+STRUCTURED_TWINS = "small dense, from scratch (widths of "  # the small models of structured lines
+STRUCTURED_WIDTHS = STRUCTURED_TWINS + "structured (filters))"
 
 
 def _cell(row: pd.Series, value: str, most: int) -> str:
@@ -213,10 +224,11 @@ def frontier_full(frontier: pd.DataFrame, value: str = "accuracy") -> str:
         body = table(["reference (no pruning)", "test accuracy (%)"],
                      [[row["line"], _cell(row, value, most)] for _, row in references.iterrows()]) + "\n" + body
         dagger |= references["commits"].astype(str).str.split().map(lambda c: UNKNOWN_COMMIT in c).any()
-        widths = frontier[frontier["line"] == STRUCTURED_WIDTHS]
-        body += ("\nStructured filters, share of the dense model's parameters gone once compacted: "
-                 + ", ".join(f"{pct(row['sparsity_mean'])} at {row['target_sparsity']:g}" for _, row in widths.iterrows())
-                 + ".\n")
+        body += "\nShare of the dense model's parameters gone once a structured model is compacted (its small-dense twin's):\n\n"
+        for line, widths in frontier[frontier["line"].str.startswith(STRUCTURED_TWINS)].groupby("line", sort=False):
+            body += (f"- {line.removeprefix(STRUCTURED_TWINS).removesuffix(')')}: "
+                     + ", ".join(f"{pct(row['sparsity_mean'])} at {row['target_sparsity']:g}" for _, row in widths.iterrows())
+                     + "\n")
     return body + (f"\n{DAGGER}\n" if dagger else "")
 
 
@@ -229,6 +241,8 @@ PAIRS = [  # label, line A, line B: A minus B, run by run of the same seed and t
     ("structured filters l2 − small dense of its widths", "structured (filters, l2)", STRUCTURED_WIDTHS),
     ("structured filters l2: sensitivity allocation − uniform", "structured (filters, l2), sensitivity allocation",
      "structured (filters, l2)"),
+    ("structured filters l2, sensitivity allocation − small dense of its widths",
+     "structured (filters, l2), sensitivity allocation", STRUCTURED_TWINS + "structured (filters, l2, sensitivity allocation))"),
 ]
 
 
@@ -292,6 +306,15 @@ def targets(evaluate: dict, speed: dict, bench: dict, frontier: pd.DataFrame) ->
         ("`models/compressed.pt` ≥ 50× smaller than `dense.pt`, ≤ 0.50 points below the pruned model (`evaluate.json`)",
          f"{times(compressed)} smaller, {points(-compressed_drop)} points", compressed >= 50 and compressed_drop <= 0.005),
     ]
+    data, step = bench["training_data_path"], bench["training_step"]
+    checks += [
+        ("training data path ≥ 0.90× the compute bound (`bench.json`)", times(data["pipeline_vs_compute_bound"]),
+         data["pipeline_vs_compute_bound"] >= 0.9),
+        ("data loader ≥ 5× the naive `ImageFolder` loader (`bench.json`)", times(data["loader_vs_naive_loader"]),
+         data["loader_vs_naive_loader"] >= 5),
+        ("SparseNet training step ≤ 1.15× LeNet's (`bench.json`)", times(step["sparse_vs_dense"]),
+         step["sparse_vs_dense"] <= 1.15),
+    ]
     rows = [[goal, measured, "met" if met else "**not met**"] for goal, measured, met in checks]
     text = table(["target", "measured", ""], rows)
     if any("†" in measured for _, measured, _ in checks):
@@ -311,6 +334,9 @@ def bench_training(bench: dict) -> str:
          times(data["loader_vs_naive_loader"]), f"{count(data['loader_only_img_s'])} vs {count(data['naive_loader_only_img_s'])} img/s"],
         ["training: ours vs training on that naive loader", times(data["training_vs_naive_training"]),
          f"{count(data['pipeline_img_s'])} vs {count(data['naive_training_img_s'])} img/s"],
+        ["the most any data path could gain over training on the naive loader (the compute bound vs that training)",
+         times(data["compute_bound_img_s"] / data["naive_training_img_s"]),
+         f"{count(data['compute_bound_img_s'])} vs {count(data['naive_training_img_s'])} img/s"],
         ["training step: SparseNet (90% masked) vs LeNet", times(step["sparse_vs_dense"]),
          f"{step['sparse_ms']:.1f} vs {step['dense_ms']:.1f} ms"],
         ["LeNet training vs this machine's fp32 matmul", f"{flops['fraction_of_matmul']:.2f}",
@@ -439,6 +465,7 @@ BLOCKS: dict[str, Callable[[Sources], str]] = {
     "default-run": lambda s: default_run(s.evaluate),
     "layers": lambda s: layers(s.evaluate),
     "speed": lambda s: speed(s.speed),
+    "engine-agreement": lambda s: engine_agreement(s.speed),
     "frontier-headline": lambda s: frontier_headline(s.frontier, s.runs),
     "frontier-accuracy": lambda s: frontier_full(s.frontier, "accuracy"),
     "frontier-vs-control": lambda s: frontier_full(s.frontier, "vs_control"),
@@ -454,8 +481,8 @@ BLOCKS: dict[str, Callable[[Sources], str]] = {
 
 def render(text: str, sources: Sources, name: str = "text") -> tuple[str, list[str]]:
     """``text`` with every rendered block made afresh from ``sources``; and the names of the blocks that changed."""
-    if text.count(OPENING) != len(BLOCK.findall(text)):
-        raise SparseNetError(f"{name}: a '{OPENING} …' marker without its '<!-- end rendered -->'")
+    if len(OPENING.findall(text)) != len(BLOCK.findall(text)):
+        raise SparseNetError(f"{name}: a '<!-- rendered: … -->' line without its '<!-- end rendered -->' line")
     changed = []
 
     def fill(match: re.Match) -> str:

@@ -1,0 +1,190 @@
+"""README.md and docs/: rendered figures equal the committed files', links resolve, the README stays short."""
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from sparsenet import readme
+from sparsenet.decode import MAX_DECODED_BYTES, working_set
+from sparsenet.options import DEFAULTS
+
+REPO = Path(__file__).resolve().parents[1]
+DOCUMENTS = readme.documents(REPO)
+DECIMAL = re.compile(r"(?<![\w.])[+-]?\d+\.\d+(?![\w.])")
+
+
+def project_copy(tmp_path: Path) -> Path:
+    """The documents and every file the renderer reads, copied to ``tmp_path``."""
+    shutil.copy2(REPO / "README.md", tmp_path / "README.md")
+    for folder in ("docs", "metrics", "results/frontier"):
+        shutil.copytree(REPO / folder, tmp_path / folder)
+    (tmp_path / "plots").mkdir()
+    shutil.copy2(REPO / "plots/sensitivity.csv", tmp_path / "plots/sensitivity.csv")
+    return tmp_path
+
+
+def block(text: str, name: str) -> str:
+    (match,) = [m for m in readme.BLOCK.finditer(text) if m["name"] == name]
+    return match["body"]
+
+
+def test_every_rendered_block_equals_what_the_committed_files_render():
+    blocks = {}
+    sources = readme.Sources(REPO)
+    for path in DOCUMENTS:
+        text = path.read_text(encoding="utf-8")
+        rendered, changed = readme.render(text, sources, path.name)
+        assert changed == [], f"{path.relative_to(REPO)}: run python -m sparsenet.readme"
+        assert rendered == text
+        blocks[path.relative_to(REPO).as_posix()] = [m["name"] for m in readme.BLOCK.finditer(text)]
+    assert blocks["README.md"] == ["default-run", "speed", "frontier-headline"]
+    assert {"targets", "frontier-accuracy", "frontier-vs-control", "frontier-pairs"} <= set(blocks["docs/results.md"])
+    assert {"bench-training", "bench-inference", "bench-data", "bench-sweep"} <= set(blocks["docs/benchmarks.md"])
+
+
+@pytest.mark.parametrize("source, change, document, name, new, old", [
+    ("metrics/evaluate.json", lambda d: d["dense"].update(accuracy=0.8765), "README.md", "default-run",
+     "| `models/dense.pt` | 87.65% |", "| `models/dense.pt` | 91.02% |"),
+    ("metrics/speed.json", lambda d: d["images_per_second"].update(sparse_engine=5 * d["images_per_second"]["dense_eager"]),
+     "README.md", "speed", "62,287 (avx512) | 5.00×", "58,168"),
+    ("metrics/bench.json", lambda d: d["training_step"].update(sparse_vs_dense=1.2345), "docs/results.md", "targets",
+     "| 1.23× | **not met** |", "| 1.05× | met |"),
+])
+def test_a_changed_figure_in_a_source_changes_its_table(tmp_path, source, change, document, name, new, old):
+    root = project_copy(tmp_path)
+    assert old in block((root / document).read_text(), name)
+    data = json.loads((root / source).read_text())
+    change(data)
+    (root / source).write_text(json.dumps(data))
+    readme.main(["--root", str(root)])
+    text = (root / document).read_text()
+    assert new in block(text, name)
+    assert old not in block(text, name)
+
+
+def test_a_changed_frontier_point_changes_the_headline_and_the_full_table(tmp_path):
+    root = project_copy(tmp_path)
+    frontier = pd.read_csv(root / "results/frontier/frontier.csv", dtype={"commits": str})
+    point = (frontier["line"] == "magnitude (global)") & (frontier["target_sparsity"] == 0.95)
+    assert point.sum() == 1
+    frontier.loc[point, ["accuracy_mean", "accuracy_std"]] = [0.8888, 0.0123]
+    frontier.to_csv(root / "results/frontier/frontier.csv", index=False)
+    readme.main(["--root", str(root)])
+    headline = block((root / "README.md").read_text(), "frontier-headline")
+    (magnitude,) = [line for line in headline.splitlines() if line.startswith("| magnitude, global |")]
+    assert magnitude.split(" | ")[5] == "88.88 ± 1.23"
+    assert "| magnitude (global) |" in block((root / "docs/results.md").read_text(), "frontier-accuracy")
+    assert "88.88 ± 1.23" in block((root / "docs/results.md").read_text(), "frontier-accuracy")
+
+
+def test_check_fails_in_one_line_naming_the_file_whose_block_was_edited(tmp_path, capsys):
+    root = project_copy(tmp_path)
+    readme.main(["--check", "--root", str(root)])  # the committed documents pass
+    edited = (root / "README.md").read_text().replace("| `models/dense.pt` | 91.02% |", "| `models/dense.pt` | 93.02% |")
+    (root / "README.md").write_text(edited)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        readme.main(["--check", "--root", str(root)])
+    assert stop.value.code == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "README.md (default-run)" in lines[0] and "docs/" not in lines[0]
+    assert (root / "README.md").read_text() == edited  # --check changes nothing
+
+
+def test_an_unknown_block_or_a_marker_without_its_end_stops_in_one_line(tmp_path, capsys):
+    root = project_copy(tmp_path)
+    for text, says in (("<!-- rendered: nope -->\n<!-- end rendered -->\n", "unknown rendered block 'nope'"),
+                       ("<!-- rendered: speed -->\nno end\n", "without its")):
+        (root / "docs/extra.md").write_text(text)
+        with pytest.raises(SystemExit) as stop:
+            readme.main(["--root", str(root)])
+        assert stop.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: docs/extra.md:") and says in err[0]
+
+
+def test_the_readme_stays_within_200_lines():
+    assert len((REPO / "README.md").read_text().splitlines()) <= 200
+
+
+def figures(text: str) -> tuple[set[str], set[str]]:
+    """The ``mean ± std`` pairs of ``text`` (signs as written, − read as -) and its other decimals."""
+    text = text.replace("−", "-")
+    pairs = {f"{mean.lstrip('+')} ± {std}" for mean, std in re.findall(r"([+-]?\d+\.\d+) ± (\d+\.\d+)", text)}
+    alone = {number.lstrip("+-") for number in DECIMAL.findall(re.sub(r"[+-]?\d+\.\d+ ± \d+\.\d+", "", text))}
+    return pairs, alone
+
+
+def test_the_prose_of_the_results_cites_only_figures_its_tables_show():
+    for path in (REPO / "README.md", REPO / "docs/results.md"):
+        text = path.read_text()
+        shown_pairs, shown = figures("".join(m["body"] for m in readme.BLOCK.finditer(text)))
+        cited_pairs, cited = figures(re.sub(r"```.*?```", "", readme.BLOCK.sub("", text), flags=re.S))
+        assert cited_pairs - shown_pairs == set(), path.name
+        assert cited - shown - {number.lstrip("+-") for pair in shown_pairs for number in pair.split(" ± ")} == set()
+    assert len(figures((REPO / "docs/results.md").read_text().split("## Reading")[1])[0]) > 30
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor of a Markdown heading."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def anchors(path: Path) -> set[str]:
+    text = re.sub(r"```.*?```", "", path.read_text(), flags=re.S)
+    return {slug(line.lstrip("#")) for line in text.splitlines() if line.startswith("#")}
+
+
+def test_every_relative_link_points_to_an_existing_file_and_heading():
+    checked = 0
+    for path in DOCUMENTS:
+        text = re.sub(r"```.*?```", "", path.read_text(), flags=re.S)
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+:", target):
+                continue
+            file, _, anchor = target.partition("#")
+            linked = (path.parent / file).resolve() if file else path
+            assert linked.exists(), f"{path.relative_to(REPO)}: {target}"
+            if anchor:
+                assert anchor in anchors(linked), f"{path.relative_to(REPO)}: {target}"
+            checked += 1
+    assert checked > 30
+
+
+def test_every_param_is_documented_with_its_default():
+    rows = {}
+    for line in (REPO / "docs/params.md").read_text().splitlines():
+        cells = [cell.strip() for cell in line.strip("|").split(" | ")]
+        if len(cells) == 4 and cells[0].startswith("`"):
+            rows[tuple(re.findall(r"`([\w.]+)`", cells[0]))] = cells[1]
+
+    def keys(tree: dict, prefix: str = ""):
+        for key, value in tree.items():
+            yield from keys(value, f"{prefix}{key}.") if isinstance(value, dict) else [(prefix + key, value)]
+
+    for key, value in keys(DEFAULTS):
+        (row,) = [names for names in rows if key in names]
+        if len(row) == 1:
+            assert rows[row] == f"`{json.dumps(value) if isinstance(value, list) else value}`", key
+
+
+def test_the_image_limits_data_md_states_are_the_decoders():
+    text = (REPO / "docs/data.md").read_text()
+    assert f"{MAX_DECODED_BYTES // 2**20} MiB" in text and "MAX_DECODED_BYTES" in text
+    assert f"{Image.MAX_IMAGE_PIXELS:,} pixels" in text and f"{2 * Image.MAX_IMAGE_PIXELS:,} pixels" in text
+    assert "8-bit RGB is read up to 8,192 × 8,192" in text
+    assert working_set((8192, 8192), "RGB") <= MAX_DECODED_BYTES < working_set((8193, 8192), "RGB")
+    assert "RGBA up to about 5,790 × 5,790" in text
+    assert working_set((5790, 5790), "RGBA") <= MAX_DECODED_BYTES < working_set((5800, 5800), "RGBA")
+    assert "12,000 × 12,000 16-bit gray image (275 MiB) is skipped" in text
+    assert round(working_set((12000, 12000), "I;16") / 2**20) == 275
+    # only 1-bit, gray and 16-bit images reach Pillow's warning threshold within SparseNet's limit
+    side = int(Image.MAX_IMAGE_PIXELS ** 0.5) + 1
+    reach = {mode for mode in ("1", "L", "P", "I;16", "RGB", "RGBA", "LA", "CMYK", "I", "F")
+             if working_set((side, side), mode) <= MAX_DECODED_BYTES}
+    assert reach == {"1", "L", "I;16"}

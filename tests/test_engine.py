@@ -1,24 +1,29 @@
 """sparsenet.engine: compiled inference equals the PyTorch model for every kind of model the
 project writes, at several sizes, batch sizes, memory formats and both vector extensions; the
-compile cache is reused and survives concurrent builders; without a compiler it falls back."""
+compile cache is reused, builds a key once however many builders ask at once, refuses folders
+and libraries another user could have written and keeps to its size; without a compiler it
+falls back."""
 
 from __future__ import annotations
 
+import ctypes
 import os
+import re
 import shutil
+import stat
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from sparsenet import engine
+from sparsenet import cbuild, conv_block, engine
 from sparsenet.compact import compact
-from sparsenet import cbuild
 from sparsenet.engine import codegen
-from sparsenet.models import LeNet, SparseNet
+from sparsenet.models import LAYER_NAMES, LeNet, SparseNet
 from sparsenet.pruning import prune_model
 
 HAS_ENGINE = cbuild.cpu_flags() >= cbuild.ISA_FLAGS["avx2"][0] and shutil.which("gcc") is not None
@@ -136,15 +141,56 @@ def test_large_inputs_stay_within_the_tolerance():
     assert_same_logits(model, engine.compile(model), images(4, 256))
 
 
+def call_milliseconds(forward, x: torch.Tensor) -> float:
+    start = time.perf_counter()
+    forward(x)
+    return (time.perf_counter() - start) * 1e3
+
+
 @needs_engine
 def test_engine_times_each_stage():
-    model = model_of("magnitude-0.95", 32)
-    forward = engine.compile(model)
-    for batch in (images(64, 32), images(1, 32)):
-        stages = forward.layer_milliseconds(batch, repeats=2)
-        assert list(stages) == list(engine.STAGES)
-        assert all(ms > 0 for ms in stages.values())
+    """One time per layer (and the input copy), which together make up the calls they were measured
+    in, and in a dense model the convolutions take longer than the two small last layers."""
+    forward = engine.compile(trained_like(64))
+    repeats = 5
+    for batch in (images(256, 64), images(1, 64)):  # whole blocks per thread; one image shared
+        start = time.perf_counter()
+        stages = forward.layer_milliseconds(batch, repeats=repeats)
+        elapsed = (time.perf_counter() - start) * 1e3  # an untimed call, then `repeats` timed ones
+        fastest = min(call_milliseconds(forward, batch) for _ in range(5))
+        assert list(stages) == ["input", *LAYER_NAMES]
+        assert all(ms > 0 for ms in stages.values()), stages
+        total = sum(stages.values())  # the stages' clocks run inside the calls, so at most their time
+        assert total * repeats < elapsed and total > 0.5 * fastest, (stages, elapsed, fastest)
+        if len(batch) > 1:
+            assert min(stages["conv1"], stages["conv2"]) > max(stages["fc2"], stages["fc3"]), stages
 
+
+def c_prototype(source: str, function: str) -> list:
+    """The ctypes type of each parameter of the C ``function`` defined in ``source``."""
+    parameters = re.search(rf"\b{function}\(([^)]*)\)\s*\{{", source)[1].split(",")
+    scalars = {"int": ctypes.c_int, "long": ctypes.c_long, "int64_t": ctypes.c_int64}
+    return [ctypes.c_void_p if "*" in p else scalars[p.split()[-2]] for p in parameters]
+
+
+@needs_engine
+def test_the_engine_declares_its_c_functions_parameters():
+    function = engine.compile(trained_like(32))._library.sparsenet_forward
+    assert list(function.argtypes or []) == c_prototype(codegen.RUNTIME_C, "sparsenet_forward")
+    assert function.restype is ctypes.c_int
+
+
+@needs_engine
+@pytest.mark.parametrize("layer,value", [("conv2", float("nan")), ("fc1", float("inf")), ("conv1", -float("inf"))])
+def test_a_non_finite_weight_falls_back_in_one_line_naming_the_layer(layer, value, tmp_path, monkeypatch):
+    monkeypatch.setenv("SPARSENET_CACHE", str(tmp_path))
+    model = trained_like(32)
+    with torch.no_grad():
+        getattr(model, layer).weight.view(-1)[7] = value
+    forward = engine.compile(model)
+    assert forward.engine == "pytorch"
+    assert forward.reason.startswith(f"{layer}.weight holds a NaN or an infinity") and "\n" not in forward.reason
+    assert not list(tmp_path.glob("engine/*.so")), "nothing is compiled"
 
 def test_engine_rejects_wrong_input_in_one_line():
     model = trained_like(32)
@@ -211,22 +257,165 @@ def test_without_a_compiler_it_says_so_once_and_runs_pytorch(tmp_path):
     assert not list(tmp_path.glob("engine/*.so"))
 
 
+# A compiler that waits: each build logs itself, then waits for the test's go-ahead.
+SLOW_CC = """#!/bin/sh
+case " $* " in *" --version "*) exec {gcc} "$@";; esac
+echo "$$" >> {log}
+while [ ! -e {release} ]; do sleep 0.05; done
+exec {gcc} "$@"
+"""
+
+BUILD_ONE = textwrap.dedent("""
+    import sys, torch
+    from sparsenet import engine
+    from sparsenet.models import LeNet
+    torch.manual_seed(0)
+    model = LeNet(10, 32)
+    x = torch.randn(8, 3, 32, 32)
+    print("compiling", flush=True)
+    forward = engine.compile(model)
+    with torch.inference_mode():
+        torch.save({"engine": forward.engine, "logits": forward(x), "expected": model(x)}, sys.argv[1])
+""")
+
+
 @needs_engine
-def test_concurrent_builders_share_one_whole_library(tmp_path):
-    """Two processes compiling the same model into an empty cache at once (two queue workers)."""
-    env = {"SPARSENET_CACHE": str(tmp_path / "cache")}
-    processes = [run_script(tmp_path, f"worker{i}", env) for i in range(2)]
-    for process in processes:
+def test_concurrent_builders_of_one_model_compile_it_once(tmp_path):
+    """Two queue workers compiling the same model into an empty cache: the second asks for it
+    while the first is still compiling, waits, and loads the first one's library."""
+    log, release, cc = tmp_path / "builds.log", tmp_path / "release", tmp_path / "slow-cc"
+    cc.write_text(SLOW_CC.format(gcc=shutil.which("gcc"), log=log, release=release))
+    cc.chmod(0o755)
+    env = {**os.environ, "SPARSENET_CACHE": str(tmp_path / "cache"), "SPARSENET_CC": str(cc)}
+
+    def worker(name: str) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-c", BUILD_ONE, str(tmp_path / f"{name}.pt")], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    first = worker("first")
+    deadline = time.monotonic() + 120
+    while not log.exists() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert log.exists(), "the first worker never started its build"
+    second = worker("second")
+    assert second.stdout.readline() == "compiling\n"
+    time.sleep(5)  # the second finds no library yet: without a lock it starts a build of its own now
+    release.touch()
+    for process in (first, second):
         _, err = process.communicate(timeout=300)
         assert process.returncode == 0, err
-    results = [torch.load(tmp_path / f"worker{i}.pt", weights_only=True) for i in range(2)]
+    assert len(log.read_text().split()) == 1, "the second worker compiled the same library again"
+    results = [torch.load(tmp_path / f"{name}.pt", weights_only=True) for name in ("first", "second")]
     for result in results:
         assert result["engine"] != "pytorch"
         assert (result["logits"] - result["expected"]).abs().max() < 1e-4
     assert torch.equal(results[0]["logits"], results[1]["logits"])
     cache = tmp_path / "cache" / "engine"
-    assert len(list(cache.glob("*.so"))) == 2  # each worker built the same two models' libraries
+    assert len(list(cache.glob("*.so"))) == 1
     assert not [p for p in cache.iterdir() if p.name.startswith(".")], "temporary files left behind"
+
+
+def build_in(cache: Path, model: LeNet, monkeypatch) -> Path:
+    """The library the engine compiles for ``model``, built in the cache ``cache`` (now $SPARSENET_CACHE)."""
+    monkeypatch.setenv("SPARSENET_CACHE", str(cache))
+    before = set(cache.glob("engine/*.so"))
+    assert engine.compile(model).engine != "pytorch"
+    (library,) = set(cache.glob("engine/*.so")) - before
+    return library
+
+
+@needs_engine
+def test_a_new_cache_folder_and_its_libraries_are_private(tmp_path, monkeypatch):
+    library = build_in(tmp_path / "cache", trained_like(32), monkeypatch)
+    assert stat.S_IMODE(library.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(library.stat().st_mode) == 0o700
+
+
+def planted(tmp_path: Path, monkeypatch) -> tuple[LeNet, Path]:
+    """A model, and $SPARSENET_CACHE's engine folder holding, under that model's library name,
+    another model's library (what another user would plant there)."""
+    model = trained_like(32)
+    name = build_in(tmp_path / "scratch", model, monkeypatch).name
+    other = build_in(tmp_path / "other", trained_like(32, seed=1), monkeypatch)
+    folder = tmp_path / "cache" / "engine"
+    folder.mkdir(parents=True)
+    shutil.copy(other, folder / name)
+    monkeypatch.setenv("SPARSENET_CACHE", str(tmp_path / "cache"))
+    return model, folder / name
+
+
+def assert_refused(model: LeNet, path: Path, problem: str) -> None:
+    forward = engine.compile(model)
+    assert forward.engine == "pytorch", "a library another user could have written was loaded"
+    assert forward.reason.startswith(f"{path}: {problem}") and "not loaded" in forward.reason
+    assert "\n" not in forward.reason
+    x = images(4, 32)
+    with torch.inference_mode():
+        assert torch.equal(forward(x), model(x))
+
+
+@needs_engine
+@pytest.mark.parametrize("mode", [0o777, 0o770, 0o702], ids=lambda mode: f"{mode:o}")
+def test_a_cache_folder_others_can_write_is_refused(mode, tmp_path, monkeypatch):
+    model, library = planted(tmp_path, monkeypatch)
+    library.parent.chmod(mode)
+    assert_refused(model, library.parent, f"writable by group or others (mode {mode:o}")
+
+
+@needs_engine
+def test_a_cache_folder_of_another_user_is_refused(tmp_path, monkeypatch):
+    model, library = planted(tmp_path, monkeypatch)
+    folder = library.parent
+    folder.chmod(0o700)
+    if os.geteuid() == 0:
+        os.chown(folder, 65534, 65534)
+        owner = 65534
+    else:  # a folder of root's in its place
+        shutil.rmtree(folder)
+        folder.symlink_to("/usr/lib")
+        folder, owner = Path("/usr/lib"), 0
+    assert_refused(model, folder, f"owned by uid {owner}, not by you (uid {os.geteuid()})")
+
+
+@needs_engine
+def test_a_library_others_can_write_or_own_is_refused(tmp_path, monkeypatch):
+    model = trained_like(32)
+    library = build_in(tmp_path / "cache", model, monkeypatch)
+    library.chmod(0o775)
+    assert_refused(model, library, "writable by group or others (mode 775")
+    if os.geteuid() == 0:
+        library.chmod(0o700)
+        os.chown(library, 65534, 65534)
+        assert_refused(model, library, "owned by uid 65534, not by you (uid 0)")
+
+
+@needs_engine
+def test_least_recently_used_entries_go_when_the_cache_outgrows_its_cap(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPARSENET_CACHE", str(tmp_path))
+    folder, isa = tmp_path / "engine", cbuild.choose_isa()
+    first, second, third = (conv_block.source(1, filters, 1, 2, 2) for filters in (1, 2, 3))
+
+    def libraries() -> set[str]:
+        return {p.stem for p in folder.glob("*.so")}
+
+    cbuild.load(first, isa)
+    (a,) = libraries()
+    cbuild.load(second, isa)
+    (b,) = libraries() - {a}
+    two = sum(p.stat().st_size for p in folder.iterdir())
+    monkeypatch.setenv("SPARSENET_CACHE_MB", str(1.4 * two / 2**20))  # room for two entries, not three
+    cbuild.load(first, isa)  # used again: the second is now the least recently used
+    cbuild.load(third, isa)
+    (c,) = libraries() - {a, b}
+    assert libraries() == {a, c}
+    assert {p.name.split(".")[0] for p in folder.iterdir()} == {a, c}, "the second's source and lock went too"
+    assert sum(p.stat().st_size for p in folder.iterdir()) <= 1.4 * two
+
+
+def test_a_bad_cache_cap_is_one_line(monkeypatch):
+    monkeypatch.setenv("SPARSENET_CACHE_MB", "lots")
+    with pytest.raises(cbuild.BuildError, match=r"^SPARSENET_CACHE_MB = 'lots': expected a number of MiB >= 0$"):
+        cbuild.load(conv_block.source(1, 1, 1, 2, 2), "avx2")
 
 
 @needs_engine

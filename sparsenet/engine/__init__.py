@@ -11,7 +11,8 @@ ReLU; the fully connected layers skip zero weights through CSR arrays (see
 (:mod:`sparsenet.cbuild`).  Both cores are used: whole blocks of images per thread, or,
 for fewer images than threads, each image's filters split among the threads.
 
-Where the engine cannot run (a CUDA model, no AVX2, no C compiler, a failed build),
+Where the engine cannot run (a CUDA model, no AVX2, no C compiler, a failed build, a NaN or
+infinite weight, a cache folder another user could write in: see :mod:`sparsenet.cbuild`),
 :func:`compile` returns the model's own PyTorch forward and says why on one line, once.
 """
 
@@ -32,6 +33,9 @@ from sparsenet.models import LAYER_NAMES, LeNet, used_parameters
 
 # The stages the engine times separately (milliseconds per call, see CompiledModel.layer_milliseconds).
 STAGES = ("input", "conv1", "conv2", "fc1", "fc2", "fc3")
+# sparsenet_forward(x, n, sn, sc, sy, sx, logits, ptr, idx, val, bias, offsets, threads, seconds)
+# (codegen.RUNTIME_C): declared, so ctypes converts each argument to its C type or refuses it.
+FORWARD_ARGTYPES = [ctypes.c_void_p, *[ctypes.c_long] * 5, *[ctypes.c_void_p] * 6, ctypes.c_int, ctypes.c_void_p]
 _said: set[str] = set()
 _said_lock = threading.Lock()
 
@@ -89,6 +93,11 @@ class CompiledModel:
                 raise cbuild.BuildError(f"the model is on {next(model.parameters()).device}; the engine runs on CPU")
             self.engine = cbuild.choose_isa(isa)
             layers = effective_weights(model)
+            for name, (weight, bias) in zip(LAYER_NAMES, layers):
+                for part, values in (("weight", weight), ("bias", bias)):
+                    if not np.isfinite(values).all():  # C has no literal for them (and MAX drops a NaN)
+                        raise cbuild.BuildError(f"{name}.{part} holds a NaN or an infinity; the engine compiles "
+                                                "finite weights only")
             source = codegen.generate([w for w, _ in layers[:2]], [b for _, b in layers[:2]], model.image_size,
                                       [w.shape for w, _ in layers[2:]], self.engine)
             self._arrays = _csr(layers[2:])
@@ -99,6 +108,7 @@ class CompiledModel:
 
     def _load(self, source: str) -> ctypes.CDLL:
         library = cbuild.load(source, self.engine)
+        library.sparsenet_forward.argtypes = FORWARD_ARGTYPES
         library.sparsenet_forward.restype = ctypes.c_int
         return library
 
@@ -125,11 +135,9 @@ class CompiledModel:
         out = torch.empty(x.shape[0], self.num_classes)
         if x.shape[0] == 0:
             return out
-        pointers = [ctypes.c_void_p(a.ctypes.data) for a in self._arrays]
-        timing = ctypes.c_void_p(seconds.ctypes.data) if seconds is not None else ctypes.c_void_p()
         status = self._library.sparsenet_forward(
-            ctypes.c_void_p(x.data_ptr()), ctypes.c_long(x.shape[0]), *(ctypes.c_long(s) for s in x.stride()),
-            ctypes.c_void_p(out.data_ptr()), *pointers, ctypes.c_int(torch.get_num_threads()), timing)
+            x.data_ptr(), x.shape[0], *x.stride(), out.data_ptr(), *(a.ctypes.data for a in self._arrays),
+            torch.get_num_threads(), None if seconds is None else seconds.ctypes.data)
         if status != 0:
             raise MemoryError("sparsenet.engine: no memory for the engine's scratch buffers")
         return out

@@ -124,8 +124,11 @@ def plan(in_channels: int, widths: tuple[int, int], image_size: int, isa: Isa) -
 
 
 def _float(value: float) -> str:
-    """An exact C literal of a float32 value (hexadecimal: no rounding in print or parse)."""
-    return float(np.float32(value)).hex() + "f"
+    """An exact C literal of a finite float32 value (hexadecimal: no rounding in print or parse)."""
+    value = float(np.float32(value))
+    if not np.isfinite(value):  # "nanf" / "inff" would not compile
+        raise ValueError(f"{value} has no C literal: the engine compiles finite weights only")
+    return value.hex() + "f"
 
 
 def _conv_group(name: str, layer: ConvPlan, weights: np.ndarray, biases: np.ndarray, table: list[str]) -> str:

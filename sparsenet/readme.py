@@ -71,7 +71,7 @@ def table(header: list[str], rows: list[list[str]]) -> str:
 
 def machine(info: dict) -> str:
     """The machine a timing file names: ``AMD EPYC, 2 cores, 2 threads, torch 2.14.1+cu130``."""
-    parts = [info.get("cpu") or info.get("processor") or "CPU model not recorded"]
+    parts = [info.get("cpu") or info.get("processor") or "a CPU the file does not name"]
     parts += [f"{info[key]} {key}" for key in ("cores", "threads") if key in info]
     if "torch" in info:
         parts.append(f"torch {info['torch']}")
@@ -95,7 +95,7 @@ def default_run(evaluate: dict) -> str:
     models = [
         ("dense LeNet", "dense.pt", evaluate["dense"]),
         ("control: the dense model trained as long as the pruned one", "control.pt", evaluate["control"]),
-        (f"pruned: {pct(sparse['sparsity'])} of the weights zero (tensors + masks)", "sparse.pt", sparse),
+        (f"pruned: {pct(sparse['sparsity'])} of its weights zero (stored with its masks)", "sparse.pt", sparse),
         ("the pruned model without its zeros (lossless)", "packed.pt",
          {**packed, "accuracy": None, "nonzero_params": sparse["nonzero_params"]}),
         ("the pruned model, Deep-Compressed", "compressed.pt", evaluate["compressed"]),
@@ -127,8 +127,9 @@ def speed(speed: dict) -> str:
         rows.append([label, count(ips[f"{model}_eager"]), f"{count(ips[f'{model}_engine'])} ({engine})",
                      times(ips[f"{model}_engine"] / ips["dense_eager"]),
                      times(ips[f"{model}_engine"] / ips["dense_engine"])])
-    text = (f"`metrics/speed.json`, {speed.get('device', 'cpu')}: {where}; images/s at batch "
-            f"{speed.get('batch_size', 256)}, median of repeats, contenders taking turns.\n\n")
+    device = speed.get("device", "cpu")
+    text = (f"Measured on {where}{'' if device == 'cpu' else f' ({device})'}; images/s at batch "
+            f"{speed.get('batch_size', 256)}, median of repeats, contenders taking turns:\n\n")
     text += table(["model", "PyTorch (eager)", "`sparsenet.engine`", "engine vs dense PyTorch",
                    "engine vs dense on the engine"], rows)
     latency = speed["batch1_latency_ms"]

@@ -2,6 +2,7 @@
 
     sparsenet prepare | train-dense | prune-train | train-control | train-small | compress | evaluate | visualize
     sparsenet inspect models/sparse.pt       # per-layer sparsity, sizes and cost of any checkpoint
+    sparsenet export models/sparse.pt [-o models/sparse.onnx] [--batch N]  # ONNX of a model (sparsenet.export)
     sparsenet summary                        # the current run's results
     sparsenet bench [--quick]                # benchmark ratios (python -m sparsenet.bench)
     sparsenet frontier sweep|plot            # accuracy-sparsity frontier, points as Ray tasks (python -m sparsenet.frontier)
@@ -55,6 +56,14 @@ def inspect_checkpoint(path: Path) -> None:
           f"of {cost.params:,}; MACs per image {cost.macs:,} (over non-zero weights: {cost.nonzero_macs:,})")
 
 
+def export_checkpoint(checkpoint: Path, out: Path | None, batch: int | None) -> None:
+    """Export a model checkpoint to ONNX (:func:`sparsenet.export.export_onnx`) and say what was written."""
+    from sparsenet.export import describe_onnx, export_onnx  # torch.onnx is imported for this command only
+
+    out = export_onnx(checkpoint, out, batch)
+    print(f"{checkpoint} -> {out}: {describe_onnx(out)}")
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         _main(sys.argv[1:] if argv is None else argv)
@@ -74,6 +83,10 @@ def _main(args: list[str]) -> None:
         command.add_argument("--params", default="params.yaml", help="params file (default params.yaml)")
     inspect = sub.add_parser("inspect", help="per-layer sparsity, sizes and cost of a checkpoint")
     inspect.add_argument("checkpoint", type=Path, nargs="+")
+    export = sub.add_parser("export", help="ONNX of a model checkpoint (dense, sparse, compact, packed, compressed)")
+    export.add_argument("checkpoint", type=Path)
+    export.add_argument("-o", "--output", type=Path, help="the .onnx file (default: the checkpoint's path with .onnx)")
+    export.add_argument("--batch", type=int, help="a fixed batch size (default: a dynamic batch dimension)")
     for tool in TOOLS:
         sub.add_parser(tool, help=f"see sparsenet {tool} --help", add_help=False)
     parsed = parser.parse_args(args)
@@ -81,6 +94,10 @@ def _main(args: list[str]) -> None:
         with one_line_errors():
             for path in parsed.checkpoint:
                 inspect_checkpoint(path)
+        return
+    if parsed.command == "export":
+        with one_line_errors():
+            export_checkpoint(parsed.checkpoint, parsed.output, parsed.batch)
         return
     step = parsed.command.replace("-", "_")
     run_step(step, parsed.params)

@@ -62,9 +62,9 @@ def _timed_turns(contenders: dict[str, Forward], x: torch.Tensor, repeats: int, 
 
 
 def batch_input(batch_size: int, image_size: int, in_channels: int = 3,
-                device: torch.device | str = "cpu") -> torch.Tensor:
+                device: torch.device | str = "cpu", seed: int = 0) -> torch.Tensor:
     """A random normalised batch in channels-last order, as the pipeline's loader gives it."""
-    generator = torch.Generator().manual_seed(0)
+    generator = torch.Generator().manual_seed(seed)
     x = torch.randn(batch_size, in_channels, image_size, image_size, generator=generator)
     return x.to(device).contiguous(memory_format=torch.channels_last)
 

@@ -37,13 +37,14 @@ def engine_agreement(eager: torch.nn.Module, compiled: engine.CompiledModel, tes
     return same / count, largest
 
 
-def measure_speed(models: dict[str, torch.nn.Module], test: BatchLoader, size: int, in_channels: int) -> dict:
+def measure_speed(models: dict[str, torch.nn.Module], test: BatchLoader, size: int, in_channels: int,
+                  seed: int = 0) -> dict:
     """images/s at batch 256 of each model in eager PyTorch and on the engine, batch-1 latency, the
     speed-ups (each named by what it compares), how closely the engine reproduces each model on
-    the test set, and the machine."""
+    the test set, and the machine.  The timed batch is random, drawn from ``seed``."""
     compiled, contenders = eager_and_engine({name: models[name] for name in TIMED})
     device = next(models["dense"].parameters()).device
-    x = batch_input(SPEED_BATCH_SIZE, size, in_channels, device)
+    x = batch_input(SPEED_BATCH_SIZE, size, in_channels, device, seed)
     rates = images_per_second(contenders, x)
     latency = latency_ms({key: contenders[key] for key in LATENCY_CONTENDERS}, x[:1])
     agreement = {name: engine_agreement(models[name], compiled[name], test) for name in TIMED}
@@ -73,7 +74,7 @@ def speed(cfg: Config, paths: Paths = Paths()) -> dict:
     models = {"dense": load_model(paths.dense_model, False, size, classes),
               "sparse": load_model(paths.sparse_model, True, size, classes),
               "compact": load_model(paths.compact_model, False, size, classes)}
-    result = measure_speed(models, test, size, models["dense"].in_channels)
+    result = measure_speed(models, test, size, models["dense"].in_channels, cfg.seed)
     write_json(paths.speed, result)
     up, where = result["speedup"], result["machine"]
     print(f"inference at batch {SPEED_BATCH_SIZE} on {where['processor']} ({where['threads']} threads, "

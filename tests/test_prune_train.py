@@ -37,9 +37,9 @@ def test_taylor_masks_follow_the_batches_scored(tmp_path, monkeypatch):
 
     scored = []  # (batches, images) each call scored: the real scores, only counted
 
-    def counting(net, batches):
+    def counting(net, batches, *args):
         scored.append((sum(1 for _ in batches), sum(len(labels) for _, labels in batches)))
-        return real(net, batches)
+        return real(net, batches, *args)
 
     real = stage.taylor_scores
     monkeypatch.setattr(stage, "taylor_scores", counting)

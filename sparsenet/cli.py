@@ -1,6 +1,6 @@
 """sparsenet: the pipeline's steps, checkpoint inspection and the tools.
 
-    sparsenet prepare | train-dense | prune-train | train-control | train-small | compress | evaluate | visualize
+    sparsenet prepare | train-dense | prune-train | train-control | train-small | compress | evaluate | speed | visualize
     sparsenet inspect models/sparse.pt       # per-layer sparsity, sizes and cost of any checkpoint
     sparsenet export models/sparse.pt [-o models/sparse.onnx] [--batch N]  # ONNX of a model (sparsenet.export)
     sparsenet summary                        # the current run's results
@@ -28,7 +28,8 @@ from sparsenet import analysis
 from sparsenet.checkpoints import is_sparse, lenet_from_state_dict, load_checkpoint, model_kind, unwrap
 from sparsenet.errors import FOREIGN_FILE_ERRORS, SparseNetError, one_line_errors
 
-STEPS = ("prepare", "train_dense", "prune_train", "train_control", "train_small", "compress", "evaluate", "visualize")
+STEPS = ("prepare", "train_dense", "prune_train", "train_control", "train_small", "compress", "evaluate", "speed",
+         "visualize")
 TOOLS = {"summary": "sparsenet.summary", "bench": "sparsenet.bench", "bench-sweep": "sparsenet.bench_sweep",
          "bench-data": "sparsenet.bench_data",
          "frontier": "sparsenet.frontier", "sensitivity": "sparsenet.sensitivity_tool",

@@ -98,7 +98,7 @@ class Config:
 
 
 def load_config(path: str | Path = "params.yaml") -> Config:
-    """Read and validate a params file; missing keys take the defaults documented in the README."""
+    """Read and validate a params file; missing keys take the defaults documented in docs/params.md."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: params file not found (run from the project root)")

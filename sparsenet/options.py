@@ -24,7 +24,7 @@ STRUCTURE_KEEPS = {"filters": "fc3", "channels": "conv1"}
 # cannot reach a target beyond it.
 SENSITIVITY_MAX_SHARE = 0.98
 
-# Defaults of every key of params.yaml (README, "Parameters").
+# Defaults of every key of params.yaml (docs/params.md).
 DEFAULTS: dict = {
     "seed": 0,
     "data": {

@@ -32,6 +32,7 @@ import pandas as pd
 
 from sparsenet.errors import SparseNetError, one_line_errors
 from sparsenet.io import write_text
+from sparsenet.report import markdown_table
 
 # A block's markers stand on lines of their own (a marker quoted inside a line is text).
 BLOCK = re.compile(r"^(<!-- rendered: (?P<name>[\w-]+) -->\n)(?P<body>.*?)^(<!-- end rendered -->)$", re.S | re.M)
@@ -62,11 +63,6 @@ def mean_std(mean: float, std: float, signed: bool = False) -> str:
     """``91.31 ± 0.44`` (percent) or ``+0.28 ± 0.38`` (points); the mean alone without a std."""
     text = f"{100 * mean:{'+' if signed else ''}.2f}"
     return text if pd.isna(std) else f"{text} ± {100 * std:.2f}"
-
-
-def table(header: list[str], rows: list[list[str]]) -> str:
-    lines = [header, ["---"] * len(header), *rows]
-    return "\n".join("| " + " | ".join(line) + " |" for line in lines) + "\n"
 
 
 def machine(info: dict) -> str:
@@ -105,7 +101,7 @@ def default_run(evaluate: dict) -> str:
     rows = [[label, f"`models/{file}`", packed_accuracy if entry["accuracy"] is None else pct(entry["accuracy"]),
              count(entry["nonzero_params"]), count(entry["checkpoint_bytes"]), size(entry["checkpoint_bytes"])]
             for label, file, entry in models]
-    return table(["model", "file", "test accuracy", "non-zero parameters", "bytes", "vs `dense.pt`"], rows)
+    return markdown_table(["model", "file", "test accuracy", "non-zero parameters", "bytes", "vs `dense.pt`"], rows)
 
 
 def layers(evaluate: dict) -> str:
@@ -113,7 +109,7 @@ def layers(evaluate: dict) -> str:
     rows = [[f"`{name}`", count(layer["zeros"]), count(layer["total"]), pct(layer["sparsity"])]
             for name, layer in evaluate["sparse"]["layers"].items()]
     rows.append(["all pruned layers", "", "", pct(evaluate["sparse"]["sparsity"])])
-    return table(["layer", "zero weights", "weights", "sparsity"], rows)
+    return markdown_table(["layer", "zero weights", "weights", "sparsity"], rows)
 
 
 def speed(speed: dict) -> str:
@@ -130,7 +126,7 @@ def speed(speed: dict) -> str:
     device = speed.get("device", "cpu")
     text = (f"Measured on {where}{'' if device == 'cpu' else f' ({device})'}; images/s at batch "
             f"{speed.get('batch_size', 256)}, median of repeats, contenders taking turns:\n\n")
-    text += table(["model", "PyTorch (eager)", "`sparsenet.engine`", "engine vs dense PyTorch",
+    text += markdown_table(["model", "PyTorch (eager)", "`sparsenet.engine`", "engine vs dense PyTorch",
                    "engine vs dense on the engine"], rows)
     latency = speed["batch1_latency_ms"]
 
@@ -150,7 +146,7 @@ def engine_agreement(speed: dict) -> str:
     rows = [[model, speed.get("engines", {}).get(model, speed.get("engine", "?")), pct(agreement[model]),
              f"{difference[model]:.1e}"] for model in agreement]
     return ("`metrics/speed.json`: the engine against the PyTorch model on the prepared test set.\n\n"
-            + table(["model", "ran on", "same predicted class", "largest logit difference"], rows))
+            + markdown_table(["model", "ran on", "same predicted class", "largest logit difference"], rows))
 
 
 # --- the frontier over seeds: results/frontier/ -----------------------------------------------------------
@@ -188,7 +184,7 @@ def _by_sparsity(frontier: pd.DataFrame, labels: dict[str, str], value: str = "a
         if cells:
             rows.append([label] + [cells.get(target, "") for target in targets])
             dagger |= any("†" in cell for cell in cells.values())
-    return table(["`prune.sparsity`"] + [f"{target:g}" for target in targets], rows), dagger
+    return markdown_table(["`prune.sparsity`"] + [f"{target:g}" for target in targets], rows), dagger
 
 
 def _references(frontier: pd.DataFrame) -> str:
@@ -222,7 +218,7 @@ def frontier_full(frontier: pd.DataFrame, value: str = "accuracy") -> str:
     if value == "accuracy":
         references = frontier[frontier["kind"].isin(("dense", "control"))]
         most = int(references["n"].max())
-        body = table(["reference (no pruning)", "test accuracy (%)"],
+        body = markdown_table(["reference (no pruning)", "test accuracy (%)"],
                      [[row["line"], _cell(row, value, most)] for _, row in references.iterrows()]) + "\n" + body
         dagger |= references["commits"].astype(str).str.split().map(lambda c: UNKNOWN_COMMIT in c).any()
         body += "\nShare of the dense model's parameters gone once a structured model is compacted (its small-dense twin's):\n\n"
@@ -263,7 +259,7 @@ def frontier_pairs(runs: pd.DataFrame) -> str:
                 cell, dagger = cell + " †", True
             cells[target] = cell
         rows.append([label] + [cells.get(target, "") for target in targets])
-    body = table(["A − B, paired by seed (points)"] + [f"{target:g}" for target in targets], rows)
+    body = markdown_table(["A − B, paired by seed (points)"] + [f"{target:g}" for target in targets], rows)
     return body + "\n(k/n): in k of the n seeds A is ahead.\n" + (f"\n{DAGGER}\n" if dagger else "")
 
 
@@ -317,7 +313,7 @@ def targets(evaluate: dict, speed: dict, bench: dict, frontier: pd.DataFrame) ->
          step["sparse_vs_dense"] <= 1.15),
     ]
     rows = [[goal, measured, "met" if met else "**not met**"] for goal, measured, met in checks]
-    text = table(["target", "measured", ""], rows)
+    text = markdown_table(["target", "measured", ""], rows)
     if any("†" in measured for _, measured, _ in checks):
         text += f"\n{DAGGER}\n"
     return text
@@ -345,7 +341,7 @@ def bench_training(bench: dict) -> str:
     ]
     return (f"`metrics/bench.json`, {bench['machine'].get('device', 'cpu')}: {machine(bench['machine'])}; batch "
             f"{bench['batch_size']}, {count(bench['images'])} images from `{bench['data']}`.\n\n"
-            + table(["measurement", "ratio", "detail"], rows))
+            + markdown_table(["measurement", "ratio", "detail"], rows))
 
 
 def bench_inference(bench: dict) -> str:
@@ -360,14 +356,14 @@ def bench_inference(bench: dict) -> str:
     text = (f"`metrics/bench.json` ({machine(bench['machine'])}; engine code {inference['engine']}): the run's pruned "
             f"model and a compact model from 50% filter pruning of its dense model, widths "
             f"{inference['compact_widths']}, {times(inference['compact_macs_fraction'])} the dense MACs.\n\n")
-    text += table(["batch 256", "images/s", "vs dense PyTorch", "vs dense on the engine"], rows)
+    text += markdown_table(["batch 256", "images/s", "vs dense PyTorch", "vs dense on the engine"], rows)
     layer_ms = inference["layer_ms"]
     eager_columns = ["conv1", "conv2", "fc1", "fc2", "fc3", "pooling+relu", "total"]
     engine_columns = ["input copy", "conv1 (+pool, ReLU)", "conv2 (+pool, ReLU)", "fc1", "fc2", "fc3", "total"]
     for title, columns, suffix in (("PyTorch", eager_columns, ""), ("engine", engine_columns, "_engine")):
         rows = [[model] + [f"{layer_ms[model + suffix][column]:.3f}" for column in columns]
                 for model in ("dense", "sparse", "compact")]
-        text += f"\nMilliseconds per batch, {title}:\n\n" + table(["model"] + columns, rows)
+        text += f"\nMilliseconds per batch, {title}:\n\n" + markdown_table(["model"] + columns, rows)
     return text
 
 
@@ -398,7 +394,7 @@ def bench_data(data: dict) -> str:
     ]
     machines = {machine(part["machine"]) for part in (decode, memory, epoch)}
     return (f"`metrics/bench_data.json` ({'; '.join(sorted(machines))}; median of {decode['repeats']} turns):\n\n"
-            + table(["measurement", "result", "detail"], rows))
+            + markdown_table(["measurement", "result", "detail"], rows))
 
 
 def bench_sweep(sweep: dict) -> str:
@@ -414,7 +410,7 @@ def bench_sweep(sweep: dict) -> str:
          f"{ray['points_per_hour']:.1f} vs {queue['points_per_hour']:.1f} points per hour ({count(ray['seconds'])} vs "
          f"{count(queue['seconds'])} s); the same accuracies point by point: {'yes' if throughput['same_accuracies'] else '**no**'}"],
     ]
-    return f"`metrics/bench_sweep.json` ({machine(sweep['machine'])}):\n\n" + table(["measurement", "ratio", "detail"], rows)
+    return f"`metrics/bench_sweep.json` ({machine(sweep['machine'])}):\n\n" + markdown_table(["measurement", "ratio", "detail"], rows)
 
 
 def sensitivity(curves: pd.DataFrame) -> str:
@@ -427,7 +423,7 @@ def sensitivity(curves: pd.DataFrame) -> str:
         drops = dict(zip(group["share"], group["drop"]))
         rows.append([f"`{layer}`", count(group["weights"].iloc[0])] + [f"{100 * drops[s]:.2f}" if s in drops else "" for s in shares])
     return (f"`plots/sensitivity.csv`: points of test accuracy lost, from {pct(unpruned)} unpruned.\n\n"
-            + table(["layer", "weights"] + [f"{share:g}" for share in shares], rows))
+            + markdown_table(["layer", "weights"] + [f"{share:g}" for share in shares], rows))
 
 
 # --- sources and blocks -------------------------------------------------------------------------------------

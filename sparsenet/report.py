@@ -17,9 +17,13 @@ MODEL_ROWS = (
 )
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-            *("| " + " | ".join(row) + " |" for row in rows)]
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table of already formatted cells, with a final newline.
+
+    Unpadded, one line per row: a changed figure changes one line of the README's diff.
+    """
+    lines = [header, ["---"] * len(header), *rows]
+    return "\n".join("| " + " | ".join(line) + " |" for line in lines) + "\n"
 
 
 def write_report(cfg: Config, metrics: dict, speed: dict, figures: list[Path], out: Path) -> Path:
@@ -65,9 +69,9 @@ def write_report(cfg: Config, metrics: dict, speed: dict, figures: list[Path], o
         rows.append([label, f"{m['accuracy']:.2%}", f"{m['nonzero_params']:,} / {m['params']:,}",
                      f"{m['macs']:,}", f"{m['nonzero_macs']:,}", f"{m['checkpoint_bytes']:,}",
                      *(f"{rate:,.0f}" if rate else "—" for rate in rates)])
-    lines += _table(["model", "test accuracy", "non-zero / all params", "MACs per image",
-                     "MACs over non-zero weights", "checkpoint bytes", "img/s PyTorch",
-                     f"img/s engine ({speed.get('engine', '?')})"], rows)
+    lines += markdown_table(["model", "test accuracy", "non-zero / all params", "MACs per image",
+                             "MACs over non-zero weights", "checkpoint bytes", "img/s PyTorch",
+                             f"img/s engine ({speed.get('engine', '?')})"], rows).splitlines()
     if "packed" in metrics and "compressed" in metrics:
         packed, compressed = metrics["packed"], metrics["compressed"]
         lines += ["", f"On disk: the pruned model's checkpoint keeps dense tensors and masks "
@@ -94,9 +98,9 @@ def write_report(cfg: Config, metrics: dict, speed: dict, figures: list[Path], o
     else:
         lines += ["", "`metrics/speed.json` is from an older release: re-run `dvc repro` for the speed figures."]
     lines += ["", "## Sparsity per layer", ""]
-    lines += _table(["layer", "sparsity", "zero weights", "weights"],
-                    [[name, f"{layer['sparsity']:.2f}", f"{layer['zeros']:,}", f"{layer['total']:,}"]
-                     for name, layer in sparse["layers"].items()])
+    lines += markdown_table(["layer", "sparsity", "zero weights", "weights"],
+                            [[name, f"{layer['sparsity']:.2f}", f"{layer['zeros']:,}", f"{layer['total']:,}"]
+                             for name, layer in sparse["layers"].items()]).splitlines()
     lines += ["", "## Figures", ""]
     for figure in figures:
         lines += [f"### {figure.stem.replace('_', ' ')}", "", f"![{figure.stem}]({figure.relative_to(out.parent)})",

@@ -65,7 +65,7 @@ def mean_std(mean: float, std: float, signed: bool = False) -> str:
     return text if pd.isna(std) else f"{text} ± {100 * std:.2f}"
 
 
-def machine(info: dict) -> str:
+def machine_line(info: dict) -> str:
     """The machine a timing file names: ``AMD EPYC, 2 cores, 2 threads, torch 2.14.1+cu130``."""
     parts = [info.get("cpu") or info.get("processor") or "a CPU the file does not name"]
     parts += [f"{info[key]} {key}" for key in ("cores", "threads") if key in info]
@@ -115,7 +115,7 @@ def layers(evaluate: dict) -> str:
 def speed(speed: dict) -> str:
     """Inference at batch 256 in PyTorch and on the engine, and batch-1 latency."""
     ips = speed["images_per_second"]
-    where = machine(speed.get("machine", {key: speed[key] for key in ("threads",) if key in speed}))
+    where = machine_line(speed.get("machine", {key: speed[key] for key in ("threads",) if key in speed}))
     names = {"dense": "dense", "sparse": "pruned (`models/sparse.pt`)", "compact": "compacted (`models/compact.pt`)"}
     rows = []
     for model, label in names.items():
@@ -339,7 +339,7 @@ def bench_training(bench: dict) -> str:
         ["LeNet training vs this machine's fp32 matmul", f"{flops['fraction_of_matmul']:.2f}",
          f"{flops['lenet_training_gflops']:.1f} of {flops['matmul_gflops']:.1f} GFLOP/s"],
     ]
-    return (f"`metrics/bench.json`, {bench['machine'].get('device', 'cpu')}: {machine(bench['machine'])}; batch "
+    return (f"`metrics/bench.json`, {bench['machine'].get('device', 'cpu')}: {machine_line(bench['machine'])}; batch "
             f"{bench['batch_size']}, {count(bench['images'])} images from `{bench['data']}`.\n\n"
             + markdown_table(["measurement", "ratio", "detail"], rows))
 
@@ -353,7 +353,7 @@ def bench_inference(bench: dict) -> str:
               "compact_engine": "compact 50% filters, engine"}
     rows = [[label, count(ips[key]), times(ips[key] / ips["dense_eager"]),
              times(ips[key] / ips["dense_engine"]) if key.endswith("engine") else ""] for key, label in labels.items()]
-    text = (f"`metrics/bench.json` ({machine(bench['machine'])}; engine code {inference['engine']}): the run's pruned "
+    text = (f"`metrics/bench.json` ({machine_line(bench['machine'])}; engine code {inference['engine']}): the run's pruned "
             f"model and a compact model from 50% filter pruning of its dense model, widths "
             f"{inference['compact_widths']}, {times(inference['compact_macs_fraction'])} the dense MACs.\n\n")
     text += markdown_table(["batch 256", "images/s", "vs dense PyTorch", "vs dense on the engine"], rows)
@@ -392,7 +392,7 @@ def bench_data(data: dict) -> str:
          f"{times(epoch['ratio_memory_map_vs_in_memory'])} the split held in memory "
          f"({count(epoch['images_per_second']['in_memory'])} images/s)"],
     ]
-    machines = {machine(part["machine"]) for part in (decode, memory, epoch)}
+    machines = {machine_line(part["machine"]) for part in (decode, memory, epoch)}
     return (f"`metrics/bench_data.json` ({'; '.join(sorted(machines))}; median of {decode['repeats']} turns):\n\n"
             + markdown_table(["measurement", "result", "detail"], rows))
 
@@ -410,7 +410,7 @@ def bench_sweep(sweep: dict) -> str:
          f"{ray['points_per_hour']:.1f} vs {queue['points_per_hour']:.1f} points per hour ({count(ray['seconds'])} vs "
          f"{count(queue['seconds'])} s); the same accuracies point by point: {'yes' if throughput['same_accuracies'] else '**no**'}"],
     ]
-    return f"`metrics/bench_sweep.json` ({machine(sweep['machine'])}):\n\n" + markdown_table(["measurement", "ratio", "detail"], rows)
+    return f"`metrics/bench_sweep.json` ({machine_line(sweep['machine'])}):\n\n" + markdown_table(["measurement", "ratio", "detail"], rows)
 
 
 def sensitivity(curves: pd.DataFrame) -> str:
@@ -486,7 +486,12 @@ def render(text: str, sources: Sources, name: str = "text") -> tuple[str, list[s
         block = match["name"]
         if block not in BLOCKS:
             raise SparseNetError(f"{name}: unknown rendered block {block!r}; known: {', '.join(BLOCKS)}")
-        body = BLOCKS[block](sources).rstrip("\n") + "\n"
+        try:
+            body = BLOCKS[block](sources).rstrip("\n") + "\n"
+        except (KeyError, TypeError, ValueError, IndexError) as exc:  # a result file without what the block shows
+            detail = f"no {exc}" if isinstance(exc, KeyError) else f"{type(exc).__name__}: {exc}"
+            raise SparseNetError(f"{name}: block {block!r} cannot be rendered from the result files ({detail}); "
+                                 "re-run the step that writes them") from None
         if body != match["body"]:
             changed.append(block)
         return match[1] + body + match[4]
@@ -507,9 +512,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     with one_line_errors():
         sources, stale = Sources(args.root), []
+        if not (args.root / "README.md").is_file():
+            raise SparseNetError(f"{args.root / 'README.md'}: not found; run sparsenet readme in the project's folder "
+                                 "(or name it with --root)")
         for path in documents(args.root):
-            if not path.is_file():
-                continue
             name = path.relative_to(args.root).as_posix()
             text = path.read_text(encoding="utf-8")
             rendered, changed = render(text, sources, name)

@@ -1,8 +1,11 @@
 """README.md and docs/: rendered figures equal the committed files', links resolve, the README stays short."""
 
+import io
 import json
 import re
 import shutil
+import subprocess
+import tarfile
 from pathlib import Path
 
 import pandas as pd
@@ -33,9 +36,28 @@ def block(text: str, name: str) -> str:
     return match["body"]
 
 
-def test_every_rendered_block_equals_what_the_committed_files_render():
+RESULT_FILES = ("metrics", "results/frontier", "plots/sensitivity.csv")
+
+
+def committed_results(tmp_path: Path) -> Path:
+    """The result files as the last commit holds them (``git archive HEAD``), under ``tmp_path``.
+
+    Not the working copies: after ``bash run.sh`` the speed stage has rewritten
+    ``metrics/speed.json`` with this machine's timings, and the README renders the committed run.
+    Outside a git checkout (an unpacked release) the files as they are.
+    """
+    if not (REPO / ".git").exists():
+        return REPO
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", "HEAD", "--", *RESULT_FILES], check=True,
+                             capture_output=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(tmp_path, filter="data")
+    return tmp_path
+
+
+def test_every_rendered_block_equals_what_the_committed_files_render(tmp_path):
     blocks = {}
-    sources = readme.Sources(REPO)
+    sources = readme.Sources(committed_results(tmp_path))
     for path in DOCUMENTS:
         text = path.read_text(encoding="utf-8")
         rendered, changed = readme.render(text, sources, path.name)
@@ -121,6 +143,23 @@ def test_an_unknown_block_or_a_marker_without_its_end_stops_in_one_line(tmp_path
         assert stop.value.code == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: docs/extra.md:") and says in err[0]
+
+
+def test_a_result_file_without_a_figure_or_a_folder_without_readme_is_one_line(tmp_path, capsys):
+    root = tmp_path / "project"
+    root.mkdir()
+    project_copy(root)
+    speed = json.loads((root / "metrics/speed.json").read_text())
+    del speed["batch1_latency_ms"]
+    (root / "metrics/speed.json").write_text(json.dumps(speed))
+    for folder, says in ((root, "README.md: block 'speed' cannot be rendered from the result files (no "
+                                "'batch1_latency_ms')"),
+                         (tmp_path / "elsewhere", "README.md: not found")):
+        with pytest.raises(SystemExit) as stop:
+            readme.main(["--check", "--root", str(folder)])
+        assert stop.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and says in err[0], err
 
 
 def test_the_readme_stays_within_200_lines():

@@ -75,6 +75,7 @@ def taylor_scores(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.
     and scores zero.  The model's weights and its ``.grad`` fields are left as they were.  The
     gradients are training's (:mod:`sparsenet.training_forward`, ``compiled_conv`` as in training).
     """
+    training_forward.refuse_hooked(model)
     layers = dict(sparse_layers(model))
     totals = {name: torch.zeros_like(layer.weight, dtype=torch.float32) for name, layer in layers.items()}
     saved_grads = {name: param.grad for name, param in model.named_parameters()}

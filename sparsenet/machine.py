@@ -1,11 +1,10 @@
-"""What a timing needs beside it: the machine it was measured on."""
+"""The machine a timing was measured on, and the cores a process may use."""
 
 from __future__ import annotations
 
 import os
 import platform
-
-import torch
+from pathlib import Path
 
 
 def cpu_name() -> str:
@@ -20,7 +19,22 @@ def cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
-def machine(device: torch.device | str = "cpu") -> dict:
-    """Processor, cores this process may use, torch's threads, device, platform and torch version."""
-    return {"processor": cpu_name(), "cores": len(os.sched_getaffinity(0)), "threads": torch.get_num_threads(),
+def usable_cores() -> int:
+    """Cores this process may use: its CPU affinity, and its cgroup's CPU quota where one is set
+    (as in a container); the machine's count where the platform knows neither."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            cores = min(cores, max(1, -(-int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return cores
+
+
+def machine(device: object = "cpu") -> dict:
+    """Processor, usable cores, torch's threads, device, platform and torch version."""
+    import torch  # here, not at the top: the sweep driver asks for cores without loading torch
+
+    return {"processor": cpu_name(), "cores": usable_cores(), "threads": torch.get_num_threads(),
             "device": str(device), "platform": platform.platform(), "torch": torch.__version__}

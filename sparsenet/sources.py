@@ -34,6 +34,7 @@ from sparsenet.data import Dataset, Split
 from sparsenet.memory import check_memory
 from sparsenet.decode import decode_files, digest
 from sparsenet.errors import SparseNetError
+from sparsenet.machine import usable_cores
 from sparsenet.prepared import SPLITS, Chunk, Duplicates, Source
 
 FASHION_MNIST_CLASSES = (
@@ -58,16 +59,7 @@ def chunk_images(channels: int, image_size: int) -> int:
 def default_workers(workers: int) -> int:
     """``data.workers``: 0 means one decoding process per core this process may use (its CPU
     affinity, and its cgroup's CPU quota where one is set, as in a container)."""
-    if workers > 0:
-        return workers
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
-        if quota != "max":
-            cores = min(cores, max(1, -(-int(quota) // int(period))))
-    except (OSError, ValueError):
-        pass
-    return cores
+    return workers if workers > 0 else usable_cores()
 
 
 def open_source(cfg: DataConfig, seed: int, chunk: int | None = None) -> Source:

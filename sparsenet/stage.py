@@ -85,6 +85,7 @@ def keep_freed_memory() -> None:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
         return
+    libc.mallopt.argtypes, libc.mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int  # int mallopt(int, int)
     m_trim_threshold, m_mmap_threshold = -1, -3  # mallopt parameter numbers from <malloc.h>
     libc.mallopt(m_mmap_threshold, 32 * 2**20)   # glibc's largest: blocks up to 32 MB from the heap
     libc.mallopt(m_trim_threshold, 1 * 2**30)    # give memory back only when 1 GB lies unused

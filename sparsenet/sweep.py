@@ -29,6 +29,7 @@ from typing import Iterable, Iterator
 from sparsenet.errors import SparseNetError
 from sparsenet.experiments import dvc_env, experiment_refs
 from sparsenet.lifetime import ENV
+from sparsenet.machine import usable_cores
 
 RETRIES = 3  # runs of a point after a crash of its worker or node (Ray re-runs the task elsewhere)
 LOOPBACK = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray takes 127.0.0.1 for this machine's IP
@@ -245,8 +246,7 @@ def run(points: Iterable[Point], source: Source, threads: int, address: str | No
     from tqdm import tqdm
 
     points = list(points)
-    cpus = (jobs or max(1, (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                             else os.cpu_count() or 1) // threads)) * threads
+    cpus = (jobs or max(1, usable_cores() // threads)) * threads
     start_ray(address, cpus)  # first: the local instance's settings must be in place before Ray is imported
     import ray
 

@@ -131,6 +131,7 @@ def fit(model: nn.Module, train: BatchLoader, test: BatchLoader, epochs: int, lr
     ends exactly as an uninterrupted run would; a file with another fingerprint is ignored with
     one notice line.  The file is left for the caller to delete once its outputs are safe.
     """
+    training_forward.refuse_hooked(model)
     loss_fn = nn.CrossEntropyLoss()
     extra = {} if extra is None else extra
     history: list[dict] = []

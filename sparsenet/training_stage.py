@@ -51,7 +51,7 @@ def resume_args(paths: Paths, stage: str, cfg: Config, *inputs: Path) -> dict:
     """
     digest = hashlib.sha256()
     digest.update(json.dumps([stage, dataclasses.asdict(cfg), torch.__version__, np.__version__,
-                              platform.machine(), _device_name()], sort_keys=True).encode())
+                              platform.machine(), _device_name(cfg.train.compiled_conv)], sort_keys=True).encode())
     for name in step_code_files(stage):
         digest.update(f"\0code {name}\0".encode())
         digest.update((PROJECT_ROOT / name).read_bytes())
@@ -112,15 +112,16 @@ def import_closure(module: str, root: Path = PROJECT_ROOT,
     return files
 
 
-def _device_name() -> str:
+def _device_name(compiled_conv: bool = True) -> str:
     """The device as far as it can change results: the GPU's name, or the CPU's model, the vector
-    instructions torch's kernels use on it (AVX2, AVX512, …) and what computes the conv blocks'
-    gradients (the compiled kernels and their compiler, or PyTorch)."""
+    instructions torch's kernels use on it (AVX2, AVX512, …) and, where ``train.conv_block`` is
+    ``compiled``, what computes the conv blocks' gradients (the compiled kernels and their
+    compiler, or PyTorch where they cannot be built); with ``pytorch`` nothing is compiled."""
     device = default_device()
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return (f"cpu {platform.machine()} {cpu_name()} {torch.backends.cpu.get_cpu_capability()}"
-            f" training block: {conv_block.runs_on()}")
+    block = conv_block.runs_on() if compiled_conv else "pytorch (train.conv_block)"
+    return f"cpu {platform.machine()} {cpu_name()} {torch.backends.cpu.get_cpu_capability()} training block: {block}"
 
 
 def _update_from_file(digest: "hashlib._Hash", path: Path, block: int = 2**22) -> None:

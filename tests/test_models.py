@@ -216,3 +216,39 @@ def test_training_forward_computes_what_the_plain_model_computes(conv_block):
     plain, trained = grads
     for name in plain:
         torch.testing.assert_close(trained[name], plain[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_the_plain_model_runs_hooks_and_trains_under_torch_prune():
+    from torch.nn.utils import prune
+
+    torch.manual_seed(0)
+    net = LeNet(10, 32)
+    prune.l1_unstructured(net.conv1, "weight", amount=0.5)  # recomputes the weight in a forward pre-hook
+    calls = []
+    net.conv2.register_forward_hook(lambda *_: calls.append(1))
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    for _ in range(2):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+        optimizer.step()
+    assert len(calls) == 2
+    assert not net.conv1.weight[net.conv1.weight_mask == 0].any()
+
+
+def test_training_refuses_a_model_pruned_by_torch_prune_in_one_line():
+    # The training forward reads the parameters directly: torch's pruning hook would not run
+    # (and its recomputed weight would break the second backward), so fit says so up front.
+    from torch.nn.utils import prune
+
+    from sparsenet.errors import SparseNetError
+    from sparsenet.importance import taylor_scores
+
+    net = LeNet(4, 32)
+    prune.l1_unstructured(net.fc1, "weight", amount=0.5)
+    data = Split(torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8), torch.randint(0, 4, (16,)))
+    loader = BatchLoader(data, 8, 0.5, 0.25, torch.device("cpu"))
+    for call in (lambda: fit(net, loader, loader, epochs=1, lr=0.01), lambda: taylor_scores(net, list(loader))):
+        with pytest.raises(SparseNetError, match="torch.nn.utils.prune.remove") as err:
+            call()
+        assert "\n" not in str(err.value)

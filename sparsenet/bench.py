@@ -42,7 +42,8 @@ from sparsenet.models import LeNet, SparseNet, default_device, enforce_masks_aft
 from sparsenet.options import LAYER_NAMES
 from sparsenet.pruning import prune_model
 from sparsenet.stage import keep_freed_memory
-from sparsenet.speed import LATENCY_CONTENDERS, batch_input, eager_and_engine, images_per_second, latency_ms, speedups
+from sparsenet.speed import (LATENCY_CONTENDERS, batch_input, eager_and_engine, images_per_second, latency_ms, speedups,
+                             taking_turns)
 
 INFERENCE_BATCH = 256
 
@@ -52,21 +53,8 @@ def _median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> 
 
 
 def _interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, float]:
-    """Median seconds of each function, the functions taking turns in every repeat.
-
-    This machine's speed drifts by tens of percent over minutes; taking turns makes the drift
-    hit every contender alike, so their ratio holds even when the timings move.
-    """
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+    """Median seconds of each function, the functions taking turns in every repeat (:func:`taking_turns`)."""
+    return {name: statistics.median(values) for name, values in taking_turns(fns, repeats, warmup).items()}
 
 
 def _trainer(model: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], None]:

@@ -43,22 +43,30 @@ def speedups(rates: dict[str, float]) -> dict[str, float]:
     return {f"{a}_vs_{b}": rates[a] / rates[b] for a, b in SPEEDUPS}
 
 
-def _timed_turns(contenders: dict[str, Forward], x: torch.Tensor, repeats: int, warmup: int) -> dict[str, list[float]]:
-    """Seconds per call of each contender over ``repeats`` rounds, one call each per round."""
-    seconds: dict[str, list[float]] = {name: [] for name in contenders}
-    cuda = x.is_cuda
-    with torch.inference_mode():
-        for i in range(warmup + repeats):
-            for name, forward in contenders.items():
-                if cuda:
-                    torch.cuda.synchronize()
-                start = time.perf_counter()
-                forward(x)
-                if cuda:
-                    torch.cuda.synchronize()
-                if i >= warmup:
-                    seconds[name].append(time.perf_counter() - start)
+def taking_turns(fns: dict[str, Callable[[], object]], repeats: int, warmup: int,
+                 synchronize: bool = False) -> dict[str, list[float]]:
+    """Seconds per call of each function over ``repeats`` rounds (after ``warmup`` rounds), one
+    call each per round: the drift of the machine's speed hits every contender alike.
+    ``synchronize``: wait for the GPU before and after each call."""
+    seconds: dict[str, list[float]] = {name: [] for name in fns}
+    for i in range(warmup + repeats):
+        for name, fn in fns.items():
+            if synchronize:
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            fn()
+            if synchronize:
+                torch.cuda.synchronize()
+            if i >= warmup:
+                seconds[name].append(time.perf_counter() - start)
     return seconds
+
+
+def _timed_turns(contenders: dict[str, Forward], x: torch.Tensor, repeats: int, warmup: int) -> dict[str, list[float]]:
+    """Seconds per inference call of each contender on ``x``, taking turns."""
+    with torch.inference_mode():
+        return taking_turns({name: (lambda forward=forward: forward(x)) for name, forward in contenders.items()},
+                            repeats, warmup, x.is_cuda)
 
 
 def batch_input(batch_size: int, image_size: int, in_channels: int = 3,

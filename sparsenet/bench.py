@@ -37,7 +37,7 @@ from sparsenet.data import BatchLoader, Split
 from sparsenet.prepared import load_prepared
 from sparsenet.sources import make_synthetic
 from sparsenet.io import write_json
-from sparsenet.machine import machine
+from sparsenet.machine import code_commit, machine
 from sparsenet.models import LeNet, SparseNet, default_device, enforce_masks_after_steps
 from sparsenet.options import LAYER_NAMES
 from sparsenet.pruning import prune_model
@@ -205,7 +205,7 @@ def run(images: int, batch_size: int, repeats: int, prepared: Path | None, model
     split = Split(dataset.train.images[:images], dataset.train.labels[:images])  # as training gets it: mapped
     size, classes = split.images.shape[-1], len(dataset.classes)
     loader = BatchLoader(split, batch_size, mean, std, device, shuffle=True)
-    results: dict = {"machine": machine(device), "data": source, "images": len(split), "batch_size": batch_size}
+    results: dict = {"machine": machine(device), "commit": code_commit(), "data": source, "images": len(split), "batch_size": batch_size}
 
     # Training data path.
     dense = LeNet(classes, size).to(device, memory_format=torch.channels_last)

@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> None:
     with one_line_errors():
         if args.images < 40 or args.repeats < 1:
             raise SparseNetError("--images: expected at least 40; --repeats: at least 1")
-        from sparsenet.machine import machine
+        from sparsenet.machine import code_commit, machine
 
         args.work.mkdir(parents=True, exist_ok=True)
         if args.what == "decode":
@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> None:
             result = memory(args.work, args.images, args.image_size or 256)
         else:
             result = epoch(args.work, args.images, args.image_size or 64, args.repeats)
-        result["machine"] = machine()
+        result["machine"], result["commit"] = machine(), code_commit()
         results = json.loads(args.out.read_text()) if args.out.is_file() else {}
         results[args.what] = result
         write_json(args.out, results)

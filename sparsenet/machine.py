@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import subprocess
 from pathlib import Path
 
 
@@ -30,6 +31,20 @@ def usable_cores() -> int:
     except (OSError, ValueError):
         pass
     return cores
+
+
+def code_commit() -> str:
+    """The checked-out commit of the project this package runs from, ``+changes`` when its tracked
+    files differ from it; ``unknown`` outside a git checkout: what a benchmark measured."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+changes" if dirty else "")
 
 
 def machine(device: object = "cpu") -> dict:

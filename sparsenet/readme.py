@@ -65,12 +65,15 @@ def mean_std(mean: float, std: float, signed: bool = False) -> str:
     return text if pd.isna(std) else f"{text} ± {100 * std:.2f}"
 
 
-def machine_line(info: dict) -> str:
-    """The machine a timing file names: ``AMD EPYC, 2 cores, 2 threads, torch 2.14.1+cu130``."""
+def machine_line(info: dict, commit: str | None = None) -> str:
+    """The machine a timing file names: ``AMD EPYC, 2 cores, 2 threads, torch 2.14.1+cu130``, and
+    the commit of the code it measured where the file records one."""
     parts = [info.get("cpu") or info.get("processor") or "a CPU the file does not name"]
     parts += [f"{info[key]} {key}" for key in ("cores", "threads") if key in info]
     if "torch" in info:
         parts.append(f"torch {info['torch']}")
+    if commit:
+        parts.append(f"code at commit {commit}")
     return ", ".join(str(part) for part in parts)
 
 
@@ -339,7 +342,7 @@ def bench_training(bench: dict) -> str:
         ["LeNet training vs this machine's fp32 matmul", f"{flops['fraction_of_matmul']:.2f}",
          f"{flops['lenet_training_gflops']:.1f} of {flops['matmul_gflops']:.1f} GFLOP/s"],
     ]
-    return (f"`metrics/bench.json`, {bench['machine'].get('device', 'cpu')}: {machine_line(bench['machine'])}; batch "
+    return (f"`metrics/bench.json`, {bench['machine'].get('device', 'cpu')}: {machine_line(bench['machine'], bench.get('commit'))}; batch "
             f"{bench['batch_size']}, {count(bench['images'])} images from `{bench['data']}`.\n\n"
             + markdown_table(["measurement", "ratio", "detail"], rows))
 
@@ -353,7 +356,7 @@ def bench_inference(bench: dict) -> str:
               "compact_engine": "compact 50% filters, engine"}
     rows = [[label, count(ips[key]), times(ips[key] / ips["dense_eager"]),
              times(ips[key] / ips["dense_engine"]) if key.endswith("engine") else ""] for key, label in labels.items()]
-    text = (f"`metrics/bench.json` ({machine_line(bench['machine'])}; engine code {inference['engine']}): the run's pruned "
+    text = (f"`metrics/bench.json` ({machine_line(bench['machine'], bench.get('commit'))}; engine code {inference['engine']}): the run's pruned "
             f"model and a compact model from 50% filter pruning of its dense model, widths "
             f"{inference['compact_widths']}, {times(inference['compact_macs_fraction'])} the dense MACs.\n\n")
     text += markdown_table(["batch 256", "images/s", "vs dense PyTorch", "vs dense on the engine"], rows)
@@ -392,7 +395,7 @@ def bench_data(data: dict) -> str:
          f"{times(epoch['ratio_memory_map_vs_in_memory'])} the split held in memory "
          f"({count(epoch['images_per_second']['in_memory'])} images/s)"],
     ]
-    machines = {machine_line(part["machine"]) for part in (decode, memory, epoch)}
+    machines = {machine_line(part["machine"], part.get("commit")) for part in (decode, memory, epoch)}
     return (f"`metrics/bench_data.json` ({'; '.join(sorted(machines))}; median of {decode['repeats']} turns):\n\n"
             + markdown_table(["measurement", "result", "detail"], rows))
 

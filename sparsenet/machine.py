@@ -34,14 +34,15 @@ def usable_cores() -> int:
 
 
 def code_commit() -> str:
-    """The checked-out commit of the project this package runs from, ``+changes`` when its tracked
-    files differ from it; ``unknown`` outside a git checkout: what a benchmark measured."""
+    """The checked-out commit of the project this package runs from, ``+changes`` when its code
+    (``sparsenet/``, ``stages/``) differs from it; ``unknown`` outside a git checkout: what a
+    benchmark measured."""
     root = Path(__file__).resolve().parents[1]
     try:
         head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
                               text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--",
+                                "sparsenet", "stages"], capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return head + ("+changes" if dirty else "")

@@ -57,11 +57,15 @@ def inspect_checkpoint(path: Path) -> None:
           f"of {cost.params:,}; MACs per image {cost.macs:,} (over non-zero weights: {cost.nonzero_macs:,})")
 
 
-def export_checkpoint(checkpoint: Path, out: Path | None, batch: int | None) -> None:
-    """Export a model checkpoint to ONNX (:func:`sparsenet.export.export_onnx`) and say what was written."""
+def export_checkpoint(checkpoint: Path, out: Path | None, batch: int | None, prepared: Path | None) -> None:
+    """Export a model checkpoint to ONNX (:func:`sparsenet.export.export_onnx`) and say what was written.
+
+    ``prepared`` None: ``data/prepared`` where it exists and fits the model (its normalisation goes
+    into the file; where it does not fit, a notice)."""
     from sparsenet.export import describe_onnx, export_onnx  # torch.onnx is imported for this command only
 
-    out = export_onnx(checkpoint, out, batch)
+    default = prepared is None and (Path("data/prepared") / "meta.json").is_file()
+    out = export_onnx(checkpoint, out, batch, Path("data/prepared") if default else prepared, strict=not default)
     print(f"{checkpoint} -> {out}: {describe_onnx(out)}")
 
 
@@ -88,6 +92,8 @@ def _main(args: list[str]) -> None:
     export.add_argument("checkpoint", type=Path)
     export.add_argument("-o", "--output", type=Path, help="the .onnx file (default: the checkpoint's path with .onnx)")
     export.add_argument("--batch", type=int, help="a fixed batch size (default: a dynamic batch dimension)")
+    export.add_argument("--prepared", type=Path, help="the prepared data the model was trained from: its mean, std "
+                        "and class names go into the file's metadata (default: data/prepared where it exists)")
     for tool in TOOLS:
         sub.add_parser(tool, help=f"see sparsenet {tool} --help", add_help=False)
     parsed = parser.parse_args(args)
@@ -98,7 +104,7 @@ def _main(args: list[str]) -> None:
         return
     if parsed.command == "export":
         with one_line_errors():
-            export_checkpoint(parsed.checkpoint, parsed.output, parsed.batch)
+            export_checkpoint(parsed.checkpoint, parsed.output, parsed.batch, parsed.prepared)
         return
     step = parsed.command.replace("-", "_")
     run_step(step, parsed.params)

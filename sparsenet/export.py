@@ -13,7 +13,9 @@ What the ONNX holds: one input ``images`` of shape ``[batch, 3, S, S]`` (``batch
 ``--batch`` fixes it; ``S`` the size the model was trained for), float32 and normalised as training
 normalised it: ``(pixel / 255 - mean) / std`` with ``mean`` and ``std`` from
 ``data/prepared/meta.json``, a gray image repeated into the three channels; and one output
-``logits`` of shape ``[batch, classes]`` (the classes in ``meta.json``'s order).  The
+``logits`` of shape ``[batch, classes]`` (the classes in ``meta.json``'s order).  Where the
+prepared data is at hand (``--prepared``, default ``data/prepared``), its mean, std and class
+names travel in the file's metadata.  The
 graph is the plain LeNet: Conv, MaxPool, Relu, a flatten, Gemm.  A SparseNet is exported as the
 plain LeNet its masks make: its masked weights, pruned entries as exact zeros, are ordinary dense
 Conv / Gemm initializers (no masks, no sparse storage; ONNX Runtime computes the zeros like any
@@ -29,6 +31,8 @@ file or the new one.
 from __future__ import annotations
 
 import importlib.util
+import json
+import sys
 from pathlib import Path
 
 import torch
@@ -38,6 +42,7 @@ from sparsenet.errors import FOREIGN_FILE_ERRORS, SparseNetError
 from sparsenet.io import write_bytes
 from sparsenet.models import LeNet, used_parameters
 from sparsenet.options import LAYER_NAMES
+from sparsenet.prepared import load_meta
 
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
 EXPORTER_PACKAGES = ("onnx", "onnxscript")  # what torch.onnx.export's dynamo exporter imports
@@ -71,10 +76,15 @@ def plain_lenet(model: LeNet) -> LeNet:
     return plain.eval()
 
 
-def export_onnx(checkpoint: Path, out: Path | None = None, batch: int | None = None) -> Path:
+def export_onnx(checkpoint: Path, out: Path | None = None, batch: int | None = None,
+                prepared: Path | None = None, strict: bool = True) -> Path:
     """Write the ONNX of a model checkpoint to ``out`` (default: the checkpoint's path with ``.onnx``).
 
-    ``batch`` None gives a dynamic batch dimension; a number fixes it.  A SparseNet's masked
+    ``batch`` None gives a dynamic batch dimension; a number fixes it.  With ``prepared`` (the
+    ``data/prepared`` folder the model was trained from), the file carries what a user needs to
+    feed it: metadata ``sparsenet.mean`` and ``sparsenet.std`` (the input normalisation) and
+    ``sparsenet.classes`` (the class names, JSON, in the logits' order); prepared data of another
+    class count or image size is an error, or with ``strict`` False a notice and no metadata.  A SparseNet's masked
     weights are exported as ordinary dense Conv / Gemm weights holding exact zeros (see the module
     docstring for what the file holds).  Returns ``out``.  A missing or unreadable file, a file
     that is not a model checkpoint, or an ``out`` that cannot be written is one
@@ -93,7 +103,15 @@ def export_onnx(checkpoint: Path, out: Path | None = None, batch: int | None = N
         raise SparseNetError(f"sparsenet export needs {' and '.join(missing)} (torch.onnx's exporter): "
                              "pip install -r requirements.txt")
     model, kind = load_exportable(checkpoint)
-    data = onnx_bytes(plain_lenet(model), batch, source=f"{checkpoint.name}: {kind}")
+    extra = {}
+    if prepared is not None:
+        try:
+            extra = data_metadata(Path(prepared), model)
+        except SparseNetError as exc:
+            if strict:
+                raise
+            print(f"notice: no normalisation in the file: {exc}", file=sys.stderr)
+    data = onnx_bytes(plain_lenet(model), batch, source=f"{checkpoint.name}: {kind}", extra=extra)
     try:
         write_bytes(out, data)
     except OSError as exc:
@@ -101,7 +119,18 @@ def export_onnx(checkpoint: Path, out: Path | None = None, batch: int | None = N
     return out
 
 
-def onnx_bytes(model: LeNet, batch: int | None = None, source: str = "") -> bytes:
+def data_metadata(prepared: Path, model: LeNet) -> dict[str, str]:
+    """The normalisation and class names of the prepared data ``model`` was trained from, as metadata."""
+    meta = load_meta(prepared)
+    if len(meta["classes"]) != model.num_classes or meta["image_size"] != model.image_size:
+        raise SparseNetError(f"{prepared / 'meta.json'}: {len(meta['classes'])} classes at {meta['image_size']} px, "
+                             f"but the model has {model.num_classes} at {model.image_size} px: name the prepared "
+                             "data it was trained from (--prepared)")
+    return {"sparsenet.mean": repr(float(meta["mean"])), "sparsenet.std": repr(float(meta["std"])),
+            "sparsenet.classes": json.dumps(list(meta["classes"]))}
+
+
+def onnx_bytes(model: LeNet, batch: int | None = None, source: str = "", extra: dict[str, str] | None = None) -> bytes:
     """The serialised ONNX model of a plain LeNet (``batch`` None: a dynamic batch dimension).
 
     Traced with gradients enabled whatever the caller's mode, so the export is the same from
@@ -123,7 +152,7 @@ def onnx_bytes(model: LeNet, batch: int | None = None, source: str = "") -> byte
                         f"{OUTPUT_NAME} [{batch or 'batch'}, {model.num_classes}]")
     for key, value in (("sparsenet.widths", ",".join(map(str, model.widths))),
                        ("sparsenet.image_size", str(model.image_size)),
-                       ("sparsenet.num_classes", str(model.num_classes))):
+                       ("sparsenet.num_classes", str(model.num_classes)), *(extra or {}).items()):
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     return proto.SerializeToString()

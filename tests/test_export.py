@@ -8,6 +8,7 @@ run in ONNX Runtime on the CPU.  Nothing is downloaded.
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import numpy as np
@@ -249,3 +250,23 @@ def test_a_bad_batch_or_output_is_one_error_line(models, tmp_path, capsys):
             main(["export", str(folder / "dense.pt"), *args])
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error:") and says in err[0]
+
+
+def test_the_file_carries_the_normalisation_and_classes_of_its_prepared_data(models, tmp_path, capsys):
+    from sparsenet.prepared import load_meta, save_prepared
+    from sparsenet.sources import make_synthetic
+
+    folder, _ = models
+    prepared = tmp_path / "prepared"
+    save_prepared(make_synthetic(40, 20, 10, IMAGE_SIZE, seed=0), prepared, {"skipped": []})
+    meta = load_meta(prepared)
+    main(["export", str(folder / "dense.pt"), "-o", str(tmp_path / "dense.onnx"), "--prepared", str(prepared)])
+    props = {p.key: p.value for p in onnx.load(str(tmp_path / "dense.onnx")).metadata_props}
+    assert float(props["sparsenet.mean"]) == meta["mean"] and float(props["sparsenet.std"]) == meta["std"]
+    assert json.loads(props["sparsenet.classes"]) == meta["classes"] and len(meta["classes"]) == 10
+    other = tmp_path / "four"  # data of another model: refused in one line, nothing written
+    save_prepared(make_synthetic(40, 20, 4, IMAGE_SIZE, seed=0), other, {"skipped": []})
+    with pytest.raises(SystemExit) as stop:
+        main(["export", str(folder / "dense.pt"), "-o", str(tmp_path / "bad.onnx"), "--prepared", str(other)])
+    assert stop.value.code == EXIT_USER_ERROR and not (tmp_path / "bad.onnx").exists()
+    assert "4 classes at 32 px, but the model has 10" in capsys.readouterr().err

@@ -32,6 +32,7 @@ import pandas as pd
 
 from sparsenet.errors import SparseNetError, one_line_errors
 from sparsenet.io import write_text
+from sparsenet.options import default
 from sparsenet.report import markdown_table
 
 # A block's markers stand on lines of their own (a marker quoted inside a line is text).
@@ -39,6 +40,7 @@ BLOCK = re.compile(r"^(<!-- rendered: (?P<name>[\w-]+) -->\n)(?P<body>.*?)^(<!--
 OPENING = re.compile(r"^<!-- rendered:", re.M)
 UNKNOWN_COMMIT = "?"  # frontier.csv's mark for a run recorded without its commit
 DAGGER = "† includes runs recorded without their commit (`results/frontier/frontier_runs.csv`)."
+DEFAULT_SCHEDULE = default("prune.schedule")  # the pairs compare the frontier's lines at the default schedule
 
 
 # --- formatting -------------------------------------------------------------------------------------
@@ -246,19 +248,27 @@ PAIRS = [  # label, line A, line B: A minus B, run by run of the same seed and t
 ]
 
 
+def per_seed(runs: pd.DataFrame, line: str) -> pd.DataFrame:
+    """One row per (target, seed) of ``line`` at the default schedule: a point run at two commits
+    counts once, as the mean of its runs (``unknown``: a run's commit was not recorded)."""
+    rows = runs[(runs["line"] == line) & runs["schedule"].fillna(DEFAULT_SCHEDULE).eq(DEFAULT_SCHEDULE)]
+    return (rows.assign(unknown=rows["commit"].isna()).groupby(["target_sparsity", "seed"], as_index=False)
+            .agg(accuracy=("accuracy", "mean"), unknown=("unknown", "any")))
+
+
 def frontier_pairs(runs: pd.DataFrame) -> str:
     """Paired differences between two lines (points, mean ± std over the seeds both ran)."""
     targets = sorted(t for t in runs["target_sparsity"].unique() if t > 0)
     rows, dagger = [], False
     for label, a, b in PAIRS:
-        joined = runs[runs["line"] == a].merge(runs[runs["line"] == b], on=["target_sparsity", "seed"])
+        joined = per_seed(runs, a).merge(per_seed(runs, b), on=["target_sparsity", "seed"])
         cells = {}
         for target, group in joined.groupby("target_sparsity"):
             difference = group["accuracy_x"] - group["accuracy_y"]
             cell = mean_std(difference.mean(), difference.std(), signed=True)
             ahead = int((difference > 0).sum())
             cell += f" ({ahead}/{len(difference)})"
-            if group["commit_x"].isna().any() or group["commit_y"].isna().any():
+            if group["unknown_x"].any() or group["unknown_y"].any():
                 cell, dagger = cell + " †", True
             cells[target] = cell
         rows.append([label] + [cells.get(target, "") for target in targets])

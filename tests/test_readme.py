@@ -242,3 +242,15 @@ def test_the_image_limits_data_md_states_are_the_decoders():
     reach = {mode for mode in ("1", "L", "P", "I;16", "RGB", "RGBA", "LA", "CMYK", "I", "F")
              if working_set((side, side), mode) <= MAX_DECODED_BYTES}
     assert reach == {"1", "L", "I;16"}
+
+
+def test_a_pair_counts_each_seed_once_even_when_a_point_ran_at_two_commits():
+    runs = pd.DataFrame([  # taylor seed 0 ran at two commits (90.0 and 92.0: 91.0 as one seed)
+        ("taylor (global)", 0.9, 0, 0.900, "aaa"), ("taylor (global)", 0.9, 0, 0.920, "bbb"),
+        ("taylor (global)", 0.9, 1, 0.890, "aaa"),
+        ("magnitude (global)", 0.9, 0, 0.905, "aaa"), ("magnitude (global)", 0.9, 1, 0.900, "aaa"),
+    ], columns=["line", "target_sparsity", "seed", "accuracy", "commit"]).assign(schedule="cubic")
+    table = readme.frontier_pairs(runs)
+    (row,) = [line for line in table.splitlines() if line.startswith("| taylor − magnitude")]
+    # seed 0: 91.0 − 90.5 = +0.50 points; seed 1: 89.0 − 90.0 = −1.00; mean −0.25, std 1.06; ahead in 1 of 2
+    assert row == "| taylor − magnitude (global) | -0.25 ± 1.06 (1/2) |"

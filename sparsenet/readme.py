@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Callable
 
 import pandas as pd
+import yaml
 
 from sparsenet.errors import SparseNetError, one_line_errors
 from sparsenet.io import write_text
@@ -80,6 +81,17 @@ def machine_line(info: dict, commit: str | None = None) -> str:
 
 
 # --- the default run: metrics/evaluate.json, metrics/speed.json -------------------------------------------
+
+def default_params(params: dict) -> str:
+    """The sentence saying which run the default-run table shows, from ``params.yaml``."""
+    train, prune = params["train"], params["prune"]
+    scope = "one global ranking" if prune["scope"] == "global" else "the same sparsity in every layer"
+    rounds = f"{prune['epochs']} {prune['schedule']} round{'s' if prune['epochs'] != 1 else ''}"
+    tune = f"{prune['finetune_epochs']} fine-tuning epoch{'s' if prune['finetune_epochs'] != 1 else ''}"
+    return (f"The default run (`params.yaml` as committed: {train['epochs']} dense epochs, then {prune['method']} "
+            f"pruning with {scope} to {prune['sparsity']:.0%} over {rounds} and {tune}; seed {params['seed']}), "
+            "from `metrics/evaluate.json`:")
+
 
 def default_run(evaluate: dict) -> str:
     """Accuracy, non-zero parameters and checkpoint size of every model of the default run."""
@@ -461,6 +473,15 @@ class Sources:
         except FileNotFoundError:
             raise SparseNetError(f"{name}: not found (the rendered blocks are made from the committed results)") from None
 
+    def _yaml(self, name: str) -> dict:
+        try:
+            return yaml.safe_load((self.root / name).read_text())
+        except FileNotFoundError:
+            raise SparseNetError(f"{name}: not found (the rendered blocks are made from the committed results)") from None
+        except yaml.YAMLError as exc:
+            raise SparseNetError(f"{name}: not YAML ({' '.join(str(exc).split())})") from None
+
+    params = cached_property(lambda self: self._yaml("params.yaml"))
     evaluate = cached_property(lambda self: self._json("metrics/evaluate.json"))
     speed = cached_property(lambda self: self._json("metrics/speed.json"))
     bench = cached_property(lambda self: self._json("metrics/bench.json"))
@@ -472,6 +493,7 @@ class Sources:
 
 
 BLOCKS: dict[str, Callable[[Sources], str]] = {
+    "default-params": lambda s: default_params(s.params),
     "default-run": lambda s: default_run(s.evaluate),
     "layers": lambda s: layers(s.evaluate),
     "speed": lambda s: speed(s.speed),

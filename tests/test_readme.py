@@ -24,6 +24,7 @@ DECIMAL = re.compile(r"(?<![\w.])[+-]?\d+\.\d+(?![\w.])")
 def project_copy(tmp_path: Path) -> Path:
     """The documents and every file the renderer reads, copied to ``tmp_path``."""
     shutil.copy2(REPO / "README.md", tmp_path / "README.md")
+    shutil.copy2(REPO / "params.yaml", tmp_path / "params.yaml")
     for folder in ("docs", "metrics", "results/frontier"):
         shutil.copytree(REPO / folder, tmp_path / folder)
     (tmp_path / "plots").mkdir()
@@ -36,7 +37,7 @@ def block(text: str, name: str) -> str:
     return match["body"]
 
 
-RESULT_FILES = ("metrics", "results/frontier", "plots/sensitivity.csv")
+RESULT_FILES = ("params.yaml", "metrics", "results/frontier", "plots/sensitivity.csv")
 
 
 def committed_results(tmp_path: Path) -> Path:
@@ -64,7 +65,7 @@ def test_every_rendered_block_equals_what_the_committed_files_render(tmp_path):
         assert changed == [], f"{path.relative_to(REPO)}: run python -m sparsenet.readme"
         assert rendered == text
         blocks[path.relative_to(REPO).as_posix()] = [m["name"] for m in readme.BLOCK.finditer(text)]
-    assert blocks["README.md"] == ["default-run", "speed", "frontier-headline"]
+    assert blocks["README.md"] == ["default-params", "default-run", "speed", "frontier-headline"]
     assert {"targets", "frontier-accuracy", "frontier-vs-control", "frontier-pairs"} <= set(blocks["docs/results.md"])
     assert {"bench-training", "bench-inference", "bench-data", "bench-sweep"} <= set(blocks["docs/benchmarks.md"])
 
@@ -254,3 +255,16 @@ def test_a_pair_counts_each_seed_once_even_when_a_point_ran_at_two_commits():
     (row,) = [line for line in table.splitlines() if line.startswith("| taylor − magnitude")]
     # seed 0: 91.0 − 90.5 = +0.50 points; seed 1: 89.0 − 90.0 = −1.00; mean −0.25, std 1.06; ahead in 1 of 2
     assert row == "| taylor − magnitude (global) | -0.25 ± 1.06 (1/2) |"
+
+
+def test_the_sentence_naming_the_default_run_follows_params_yaml(tmp_path):
+    import yaml
+
+    root = project_copy(tmp_path)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["prune"].update(sparsity=0.9, epochs=1, scope="layer")
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    readme.main(["--root", str(root)])
+    said = block((root / "README.md").read_text(), "default-params")
+    assert "to 90% over 1 cubic round and" in said and "the same sparsity in every layer" in said
+    assert "95%" not in said

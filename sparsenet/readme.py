@@ -26,7 +26,7 @@ import re
 import sys
 from functools import cached_property
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import pandas as pd
 import yaml
@@ -459,27 +459,23 @@ class Sources:
     def __init__(self, root: Path) -> None:
         self.root = root
 
-    def _json(self, name: str) -> dict:
+    def _read(self, name: str, parse: Callable[[Path], Any]) -> Any:
+        """``parse(path)`` of a result file; a missing or malformed one is one error line naming it."""
         try:
-            return json.loads((self.root / name).read_text())
+            return parse(self.root / name)
         except FileNotFoundError:
             raise SparseNetError(f"{name}: not found (the rendered blocks are made from the committed results)") from None
-        except json.JSONDecodeError as exc:
-            raise SparseNetError(f"{name}: not JSON ({exc})") from None
+        except (json.JSONDecodeError, yaml.YAMLError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+            raise SparseNetError(f"{name}: unreadable ({' '.join(str(exc).split())[:200]})") from None
+
+    def _json(self, name: str) -> dict:
+        return self._read(name, lambda path: json.loads(path.read_text()))
 
     def _csv(self, name: str, **options) -> pd.DataFrame:
-        try:
-            return pd.read_csv(self.root / name, **options)
-        except FileNotFoundError:
-            raise SparseNetError(f"{name}: not found (the rendered blocks are made from the committed results)") from None
+        return self._read(name, lambda path: pd.read_csv(path, **options))
 
     def _yaml(self, name: str) -> dict:
-        try:
-            return yaml.safe_load((self.root / name).read_text())
-        except FileNotFoundError:
-            raise SparseNetError(f"{name}: not found (the rendered blocks are made from the committed results)") from None
-        except yaml.YAMLError as exc:
-            raise SparseNetError(f"{name}: not YAML ({' '.join(str(exc).split())})") from None
+        return self._read(name, lambda path: yaml.safe_load(path.read_text()))
 
     params = cached_property(lambda self: self._yaml("params.yaml"))
     evaluate = cached_property(lambda self: self._json("metrics/evaluate.json"))

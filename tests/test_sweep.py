@@ -108,8 +108,16 @@ def trained(output: str) -> list[str]:
 
 
 def dvc_runs_below(process: psutil.Process) -> list[psutil.Process]:
-    """The ``dvc exp run`` processes below ``process``."""
-    return [p for p in process.children(recursive=True) if "exp" in p.cmdline() and "run" in p.cmdline()]
+    """The ``dvc exp run`` processes below ``process`` (one that ends while it is looked at is not)."""
+    found = []
+    for child in process.children(recursive=True):
+        try:
+            words = child.cmdline()
+        except (psutil.NoSuchProcess, psutil.ZombieProcess):  # ZombieProcess: ended, not yet reaped
+            continue
+        if "exp" in words and "run" in words:
+            found.append(child)
+    return found
 
 
 def listening_addresses(root_process: psutil.Process) -> set[str]:
